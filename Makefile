@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck unit interop test-rabbitmq bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "amqpd needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+		echo "python3-venv is missing; installing it with apt-get"; \
+		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev,fast]'
+	@touch $(STAMP)
+
+# Start the broker in the foreground on localhost:5672 (guest/guest, data in ./data).
+run: $(STAMP)
+	$(BIN)/amqpd --host 127.0.0.1 --port 5672 --data-dir ./data
+
+# Every test: lint, types, unit tests and the interop suite against a fresh broker.
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# The interop suite against Debian's RabbitMQ (installed if missing), for differential checks.
+test-rabbitmq: $(STAMP)
+	$(BIN)/python interop/rabbitmq.py run -- $(BIN)/python -m pytest -q interop
+
+bench: $(STAMP)
+	$(BIN)/python interop/bench.py --rabbitmq --rounds 3
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m amqpd``."""
+
+from amqpd.cli import main
+
+raise SystemExit(main())

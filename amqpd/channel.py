@@ -1,0 +1,729 @@
+"""One AMQP channel: content assembly, the method handlers, deliveries and acknowledgements.
+
+Theory of operation:
+- Handlers are ``on_<class>_<method>`` methods found once through :data:`HANDLERS`.
+- A publish arrives as three steps (method, header, body frames); ``_publish``,
+  ``_header`` and ``_body_parts`` hold the message being assembled. Any other frame on the
+  channel in between is 505 UNEXPECTED_FRAME (checked by the connection).
+- ``unacked`` maps delivery tags to deliveries in tag order (tags only grow, and dicts keep
+  insertion order), so ``multiple`` acks walk from the front.
+- A closed channel returns every unacked delivery to its queue at the original position,
+  marked redelivered.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+from pamqp.base import Frame as Method
+
+from amqpd import routing
+from amqpd.consumer import Consumer
+from amqpd.lease import LEASE_EXCHANGE, parse_lease
+from amqpd.message import Message, QueueEntry
+from amqpd.protocol import codec
+from amqpd.protocol.errors import ChannelError, ConnectionLevelError
+from amqpd.queue import Queue
+from amqpd.transaction import PendingPublish, PendingSettle, Transaction
+from amqpd.vhost import generate_name
+
+if TYPE_CHECKING:
+    from amqpd.connection import Connection
+
+
+class ChannelState(enum.Enum):
+    """Lifecycle of a channel."""
+
+    OPEN = "open"
+    #: We sent channel.close and wait for close-ok; everything else is dropped.
+    CLOSING = "closing"
+
+
+class Delivery:
+    """An unacknowledged delivery: what was sent, from which queue, to whom, and until when
+    the consumer may take to acknowledge it (``deadline``, monotonic seconds, or None)."""
+
+    __slots__ = ("consumer", "deadline", "entry", "queue")
+
+    def __init__(
+        self, entry: QueueEntry, queue: Queue, consumer: Consumer | None,
+        deadline: float | None,
+    ):
+        self.entry = entry
+        self.queue = queue
+        self.consumer = consumer
+        self.deadline = deadline
+
+
+def parse_expiration(value: object) -> int:
+    """The expiration property: a string of a non-negative integer of milliseconds.
+
+    Raises:
+        ChannelError: 406 as RabbitMQ does for anything else.
+    """
+    text = value.decode() if isinstance(value, bytes) else value
+    if isinstance(text, str) and text.isdigit() and text.isascii():
+        return int(text)
+    raise ChannelError(406, f"invalid expiration '{value}': expected milliseconds as digits",
+                       60, 40)
+
+
+class Channel:
+    """State and handlers of one channel of a connection."""
+
+    def __init__(self, connection: Connection, channel_id: int):
+        self.connection = connection
+        self.id = channel_id
+        self.state = ChannelState.OPEN
+        self.active = True  # channel.flow
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Delivery] = {}
+        self.unacked_count = 0
+        self.prefetch_count = 0
+        self.global_prefetch_count = 0
+        self._next_delivery_tag = 1
+        self.confirm_mode = False
+        self._publish_seq = 0
+        self._confirms: list[tuple[int, bool]] = []
+        self._publish: codec.PublishFields | None = None
+        self._header: bytes | None = None
+        self._body_size = 0
+        self._body_received = 0
+        self._body_parts: list[bytes] = []
+        self.transaction: Transaction | None = None
+        # Deliveries have ack deadlines only when some queue asks for a consumer timeout.
+        self.has_deadlines = False
+
+    @property
+    def vhost(self) -> Any:
+        """The connection's virtual host."""
+        return self.connection.vhost
+
+    @property
+    def expecting_content(self) -> bool:
+        """True between basic.publish and the last body frame."""
+        return self._publish is not None
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def handle_method(self, method: Method) -> None:
+        """Run the handler of a decoded method."""
+        handler = HANDLERS.get(type(method))
+        if handler is None:
+            raise ConnectionLevelError(
+                540, f"{codec.method_name(method)} is not implemented",
+                *_ids(method),
+            )
+        try:
+            handler(self, method)
+        except ChannelError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = _ids(method)
+            raise
+        except ConnectionLevelError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = _ids(method)
+            raise
+
+    # -- publishing (hot path) ---------------------------------------------------------
+
+    def begin_publish(self, fields: codec.PublishFields) -> None:
+        """basic.publish: remember the routing data until the content is complete."""
+        if fields.immediate:
+            raise ConnectionLevelError(540, "immediate=true", 60, 40)
+        self._publish = fields
+        connection = self.connection
+        if not connection.is_publisher:
+            connection.is_publisher = True
+            if connection.broker.memory_alarm:
+                connection.set_blocked(True)
+
+    def on_content_header(self, payload: bytes) -> None:
+        """Content header of the message being published."""
+        if self._publish is None or self._header is not None:
+            raise ConnectionLevelError(
+                505, f"content header on channel {self.id} without a basic.publish before it"
+            )
+        if len(payload) < 14:
+            raise ConnectionLevelError(502, "content header frame is truncated")
+        if codec.header_class_id(payload) != 60:
+            raise ConnectionLevelError(
+                505, f"content header for class {codec.header_class_id(payload)}, expected 60"
+            )
+        size = codec.header_body_size(payload)
+        limit = self.connection.settings.max_message_size
+        if size > limit:
+            self._reset_content()
+            raise ChannelError(
+                406, f"message size {size} is larger than configured max size {limit}", 60, 40
+            )
+        self._header = payload
+        self._body_size = size
+        if size == 0:
+            self._finish_publish(b"")
+
+    def on_content_body(self, payload: bytes) -> None:
+        """One body frame of the message being published."""
+        if self._header is None:
+            raise ConnectionLevelError(
+                505, f"content body on channel {self.id} without a content header before it"
+            )
+        received = self._body_received + len(payload)
+        if received > self._body_size:
+            raise ConnectionLevelError(
+                505,
+                f"content body of {received} bytes exceeds the {self._body_size} bytes "
+                "announced in the content header",
+            )
+        if received == self._body_size and not self._body_parts:
+            self._finish_publish(payload)
+            return
+        self._body_parts.append(payload)
+        self._body_received = received
+        if received == self._body_size:
+            self._finish_publish(b"".join(self._body_parts))
+
+    def _reset_content(self) -> None:
+        self._publish = None
+        self._header = None
+        self._body_size = 0
+        self._body_received = 0
+        self._body_parts = []
+
+    def _finish_publish(self, body: bytes) -> None:
+        fields = self._publish
+        header = self._header
+        assert fields is not None and header is not None
+        self._reset_content()
+        flags = codec.header_flags(header)
+        message = Message(fields.exchange, fields.routing_key, header, body)
+        if flags & codec.FLAG_EXPIRATION:
+            expiration = message.properties.expiration
+            if expiration is not None:
+                message.ttl_ms = parse_expiration(expiration)
+        if flags & 0x0010:  # user-id set: RabbitMQ checks it names the authenticated user
+            user_id = message.properties.user_id
+            if user_id is not None and user_id != self.connection.user_name:
+                raise ChannelError(
+                    406,
+                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"'{self.connection.user_name}'",
+                    60, 40,
+                )
+        if self.confirm_mode:
+            self._publish_seq += 1
+        if fields.exchange == LEASE_EXCHANGE:
+            self._extend_lease(message)
+            accepted = True
+        elif self.transaction is not None:
+            self._check_exchange(fields.exchange)
+            self.transaction.actions.append(PendingPublish(fields, message))
+            return
+        else:
+            accepted = self._route(fields, message)
+        if self.confirm_mode:
+            self._confirms.append((self._publish_seq, accepted))
+            self.connection.confirms_pending.add(self)
+
+    def _check_exchange(self, name: str) -> Any:
+        vhost = self.connection.vhost
+        exchange = vhost.exchanges.get(name)
+        if exchange is None:
+            raise ChannelError(404, f"no exchange '{name}' in vhost '{vhost.name}'", 60, 40)
+        if exchange.internal:
+            raise ChannelError(403, f"cannot publish to internal {exchange.describe()}", 60, 40)
+        return exchange
+
+    def _route(self, fields: codec.PublishFields, message: Message) -> bool:
+        """Route and enqueue; False when a queue refused the message (reject-publish)."""
+        vhost = self.connection.vhost
+        exchange = self._check_exchange(fields.exchange)
+        queues = routing.route(exchange, message, vhost.queues, vhost.get_exchange)
+        accepted = True
+        if queues:
+            if routing.has_sender_selected(message) and message.headers and \
+                    "BCC" in message.headers:
+                message = _without_bcc(message)
+            for queue in queues:
+                if not queue.push(message):
+                    accepted = False
+        elif fields.mandatory:
+            self.connection.write_return(self.id, 312, "NO_ROUTE", message)
+        return accepted
+
+    def _extend_lease(self, message: Message) -> None:
+        request = parse_lease(message.headers)
+        delivery = self.unacked.get(request.delivery_tag)
+        if delivery is None:
+            raise ChannelError(
+                406, f"cannot extend the lease of unknown delivery tag {request.delivery_tag}",
+                60, 40,
+            )
+        delivery.deadline = self.connection.clock() + request.extend_ms / 1000.0
+        self.has_deadlines = True
+
+    def flush_confirms(self) -> None:
+        """Send the confirms gathered while processing one read, coalesced with multiple."""
+        pending = self._confirms
+        if not pending:
+            return
+        self._confirms = []
+        write = self.connection.write_method
+        run_start = 0
+        for index in range(len(pending) + 1):
+            boundary = index == len(pending) or not pending[index][1]
+            if boundary and index > run_start:
+                last = pending[index - 1][0]
+                write(self.id, commands.Basic.Ack(last, multiple=index - run_start > 1))
+            if index < len(pending) and not pending[index][1]:
+                write(self.id, commands.Basic.Nack(pending[index][0], False, False))
+                run_start = index + 1
+
+    # -- delivering --------------------------------------------------------------------
+
+    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
+        """Send one message to a consumer of this channel."""
+        tag = self._next_delivery_tag
+        self._next_delivery_tag = tag + 1
+        queue = consumer.queue
+        self.connection.write_deliver(self.id, consumer.tag_bytes, tag, entry)
+        if consumer.no_ack:
+            queue.acknowledge(entry)
+            return
+        self.unacked[tag] = Delivery(entry, queue, consumer, self._deadline(queue))
+        consumer.unacked += 1
+        self.unacked_count += 1
+
+    def _deadline(self, queue: Queue) -> float | None:
+        timeout = queue.policy.consumer_timeout
+        if timeout is None:
+            return None
+        self.has_deadlines = True
+        return self.connection.clock() + timeout / 1000.0
+
+    def cancel_by_server(self, consumer: Consumer) -> None:
+        """The queue went away: forget the consumer and tell the client if it listens."""
+        self.consumers.pop(consumer.tag, None)
+        if self.connection.client_capability("consumer_cancel_notify"):
+            self.connection.write_method(self.id, commands.Basic.Cancel(consumer.tag, True))
+
+    # -- acknowledgements --------------------------------------------------------------
+
+    def _take_deliveries(self, delivery_tag: int, multiple: bool) -> list[Delivery]:
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag and delivery_tag not in unacked:
+                raise ChannelError(406, f"unknown delivery tag {delivery_tag}")
+            taken = []
+            for tag in list(unacked):
+                if delivery_tag and tag > delivery_tag:
+                    break
+                taken.append(unacked.pop(tag))
+            return taken
+        delivery = unacked.pop(delivery_tag, None)
+        if delivery is None:
+            raise ChannelError(406, f"unknown delivery tag {delivery_tag}")
+        return [delivery]
+
+    def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
+        """Ack (requeue None), reject/nack (False: drop or dead-letter) or requeue (True)."""
+        touched: dict[Queue, list[QueueEntry]] = {}
+        for delivery in deliveries:
+            consumer = delivery.consumer
+            if consumer is not None:
+                consumer.unacked -= 1
+            self.unacked_count -= 1
+            queue = delivery.queue
+            entries = touched.get(queue)
+            if entries is None:
+                entries = touched[queue] = []
+            if requeue:
+                entries.append(delivery.entry)
+            elif requeue is None:
+                queue.acknowledge(delivery.entry)
+            else:
+                queue.reject(delivery.entry)
+        for queue, entries in touched.items():
+            if entries:
+                queue.requeue(entries)
+            elif queue.consumers and queue.ready:
+                queue.dispatch()
+        # Credit freed on this channel may unblock consumers of other queues (global qos).
+        if self.global_prefetch_count:
+            for consumer in list(self.consumers.values()):
+                if consumer.queue not in touched and consumer.queue.ready:
+                    consumer.queue.dispatch()
+
+    def _settle_or_hold(self, delivery_tag: int, multiple: bool, requeue: bool | None) -> None:
+        transaction = self.transaction
+        if transaction is None:
+            self._settle(self._take_deliveries(delivery_tag, multiple), requeue)
+            return
+        # In a transaction the tags are checked now and settled at commit.
+        tags = self._pending_tags(delivery_tag, multiple, transaction.settled_tags)
+        transaction.settled_tags.update(tags)
+        transaction.actions.append(PendingSettle(tags, requeue))
+
+    def _pending_tags(self, delivery_tag: int, multiple: bool, held: set[int]) -> list[int]:
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag and (delivery_tag not in unacked or delivery_tag in held):
+                raise ChannelError(406, f"unknown delivery tag {delivery_tag}")
+            return [t for t in unacked if (not delivery_tag or t <= delivery_tag)
+                    and t not in held]
+        if delivery_tag not in unacked or delivery_tag in held:
+            raise ChannelError(406, f"unknown delivery tag {delivery_tag}")
+        return [delivery_tag]
+
+    def on_basic_ack(self, method: commands.Basic.Ack) -> None:
+        """basic.ack: the deliveries are done."""
+        self._settle_or_hold(method.delivery_tag or 0, bool(method.multiple), None)
+
+    def on_basic_nack(self, method: commands.Basic.Nack) -> None:
+        """basic.nack: requeue, or drop / dead-letter."""
+        self._settle_or_hold(method.delivery_tag or 0, bool(method.multiple),
+                             bool(method.requeue))
+
+    def on_basic_reject(self, method: commands.Basic.Reject) -> None:
+        """basic.reject: one delivery, requeue, or drop / dead-letter."""
+        self._settle_or_hold(method.delivery_tag or 0, False, bool(method.requeue))
+
+    # -- ack deadlines -----------------------------------------------------------------
+
+    def check_deadlines(self, now: float) -> None:
+        """Cancel consumers whose deliveries passed their ack deadline (consumer timeout).
+
+        RabbitMQ closes the channel with 406; amqpd does that only for clients that cannot
+        hear a server-sent basic.cancel. Otherwise it cancels just the late consumer and
+        requeues its unacked messages, so the channel's other consumers carry on.
+        """
+        if not self.has_deadlines:
+            return
+        late: dict[Consumer | None, Delivery] = {}
+        any_deadline = False
+        for delivery in self.unacked.values():
+            deadline = delivery.deadline
+            if deadline is None:
+                continue
+            any_deadline = True
+            if deadline <= now and delivery.consumer not in late:
+                late[delivery.consumer] = delivery
+        self.has_deadlines = any_deadline
+        if not late:
+            return
+        notify = self.connection.client_capability("consumer_cancel_notify")
+        if None in late or not notify:
+            delivery = next(iter(late.values()))
+            timeout = delivery.queue.policy.consumer_timeout
+            raise ChannelError(
+                406,
+                f"delivery acknowledgement on channel {self.id} timed out. Timeout value "
+                f"used: {timeout} ms. This timeout value can be configured, see consumers "
+                "doc guide to learn more",
+            )
+        for consumer in late:
+            assert consumer is not None
+            self._expire_consumer(consumer)
+
+    def _expire_consumer(self, consumer: Consumer) -> None:
+        self.consumers.pop(consumer.tag, None)
+        self.connection.write_method(self.id, commands.Basic.Cancel(consumer.tag, True))
+        deliveries = [d for d in self.unacked.values() if d.consumer is consumer]
+        for tag in [t for t, d in self.unacked.items() if d.consumer is consumer]:
+            del self.unacked[tag]
+        consumer.queue.remove_consumer(consumer)
+        self._settle(deliveries, True)
+
+    def on_basic_recover(self, method: commands.Basic.Recover) -> None:
+        """basic.recover: redeliver every unacked message (requeue=false is treated the same,
+        since redelivering to the same consumer gives no guarantee a requeue does not)."""
+        self.requeue_all()
+        self.connection.write_method(self.id, commands.Basic.RecoverOk())
+
+    def requeue_all(self) -> None:
+        """Return every unacked delivery of this channel to its queue."""
+        deliveries = list(self.unacked.values())
+        self.unacked.clear()
+        if self.transaction is not None:
+            self.transaction.clear()
+        self._settle(deliveries, True)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def release(self) -> None:
+        """The channel is gone: cancel its consumers and return its unacked messages."""
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer)
+        self.requeue_all()
+        self._reset_content()
+        self._confirms = []
+
+    # -- channel class -----------------------------------------------------------------
+
+    def on_channel_close(self, method: commands.Channel.Close) -> None:
+        """The client closes the channel."""
+        self.connection.close_channel_by_client(self)
+
+    def on_channel_close_ok(self, method: commands.Channel.CloseOk) -> None:
+        """Close-ok for a channel we did not close: ignore (the connection handles ours)."""
+
+    def on_channel_flow(self, method: commands.Channel.Flow) -> None:
+        """channel.flow: the client pauses or resumes deliveries to this channel."""
+        self.active = bool(method.active)
+        self.connection.write_method(self.id, commands.Channel.FlowOk(self.active))
+        if self.active:
+            self.dispatch_consumers()
+
+    def on_channel_flow_ok(self, method: commands.Channel.FlowOk) -> None:
+        """We never send channel.flow, so a flow-ok needs nothing."""
+
+    def on_channel_open(self, method: commands.Channel.Open) -> None:
+        """channel.open on a channel that is already open."""
+        raise ConnectionLevelError(504, "second 'channel.open' seen", 20, 10)
+
+    def dispatch_consumers(self) -> None:
+        """Let the queues of this channel's consumers deliver again."""
+        for consumer in list(self.consumers.values()):
+            if consumer.queue.ready:
+                consumer.queue.dispatch()
+
+    # -- exchange class ----------------------------------------------------------------
+
+    def on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
+        """exchange.declare."""
+        self.vhost.declare_exchange(
+            method.exchange,
+            method.exchange_type,
+            passive=method.passive,
+            durable=method.durable,
+            auto_delete=method.auto_delete,
+            internal=method.internal,
+            arguments=method.arguments,
+        )
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Exchange.DeclareOk())
+
+    def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
+        """exchange.delete."""
+        self.vhost.delete_exchange(method.exchange, method.if_unused)
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Exchange.DeleteOk())
+
+    def on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
+        """exchange.bind (RabbitMQ extension): source -> destination."""
+        destination = self.vhost.destination_exchange(method.destination)
+        self.vhost.bind(method.source, destination, method.routing_key, method.arguments)
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Exchange.BindOk())
+
+    def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
+        """exchange.unbind."""
+        destination = self.vhost.destination_exchange(method.destination)
+        self.vhost.unbind(method.source, destination, method.routing_key, method.arguments)
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Exchange.UnbindOk())
+
+    # -- queue class -------------------------------------------------------------------
+
+    def on_queue_declare(self, method: commands.Queue.Declare) -> None:
+        """queue.declare."""
+        queue = self.vhost.declare_queue(
+            method.queue,
+            self.connection,
+            passive=method.passive,
+            durable=method.durable,
+            exclusive=method.exclusive,
+            auto_delete=method.auto_delete,
+            arguments=method.arguments,
+        )
+        self.connection.last_queue_name = queue.name
+        if not method.nowait:
+            self.connection.write_method(
+                self.id,
+                commands.Queue.DeclareOk(queue.name, queue.message_count, len(queue.consumers)),
+            )
+
+    def _queue_name(self, name: str) -> str:
+        # AMQP 0-9-1: an empty queue name means the last queue declared on the channel.
+        if name:
+            return name
+        last = self.connection.last_queue_name
+        if last is None:
+            raise ChannelError(404, "no previously declared queue")
+        return last
+
+    def on_queue_bind(self, method: commands.Queue.Bind) -> None:
+        """queue.bind."""
+        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Queue.BindOk())
+
+    def on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
+        """queue.unbind; unbinding something missing succeeds (RabbitMQ)."""
+        vhost = self.vhost
+        queue = vhost.queues.get(self._queue_name(method.queue))
+        if queue is not None and vhost.get_exchange(method.exchange) is not None:
+            vhost.check_exclusive(queue, self.connection)
+            vhost.unbind(method.exchange, queue, method.routing_key, method.arguments)
+        elif method.exchange == "":
+            raise ChannelError(403, "operation not permitted on the default exchange")
+        self.connection.write_method(self.id, commands.Queue.UnbindOk())
+
+    def on_queue_purge(self, method: commands.Queue.Purge) -> None:
+        """queue.purge: drop ready messages (unacked ones stay)."""
+        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        count = queue.purge()
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Queue.PurgeOk(count))
+
+    def on_queue_delete(self, method: commands.Queue.Delete) -> None:
+        """queue.delete with if-unused / if-empty."""
+        count = self.vhost.delete_queue(
+            self._queue_name(method.queue), self.connection, method.if_unused, method.if_empty
+        )
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Queue.DeleteOk(count))
+
+    # -- basic class -------------------------------------------------------------------
+
+    def on_basic_qos(self, method: commands.Basic.Qos) -> None:
+        """basic.qos with RabbitMQ's meaning of ``global``."""
+        if method.prefetch_size:
+            raise ConnectionLevelError(540, f"prefetch_size!={method.prefetch_size}", 60, 10)
+        if method.global_:
+            self.global_prefetch_count = method.prefetch_count
+        else:
+            self.prefetch_count = method.prefetch_count
+        self.connection.write_method(self.id, commands.Basic.QosOk())
+        self.dispatch_consumers()
+
+    def on_basic_consume(self, method: commands.Basic.Consume) -> None:
+        """basic.consume."""
+        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        tag = method.consumer_tag or generate_name("amq.ctag-")
+        if tag in self.consumers:
+            raise ConnectionLevelError(530, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        if (method.exclusive and queue.consumers) or any(
+            other.exclusive for other in queue.consumers
+        ):
+            raise ChannelError(403, f"{queue.describe()} in exclusive use")
+        consumer = Consumer(
+            tag, self, queue, method.no_ack, method.exclusive, self.prefetch_count,
+            method.arguments or {},
+        )
+        self.consumers[tag] = consumer
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Basic.ConsumeOk(tag))
+        queue.add_consumer(consumer)
+
+    def on_basic_cancel(self, method: commands.Basic.Cancel) -> None:
+        """basic.cancel; its unacked deliveries stay unacked on the channel (RabbitMQ)."""
+        consumer = self.consumers.pop(method.consumer_tag or "", None)
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Basic.CancelOk(method.consumer_tag))
+        if consumer is not None:
+            consumer.queue.remove_consumer(consumer)
+
+    def on_basic_get(self, method: commands.Basic.Get) -> None:
+        """basic.get: one message or get-empty."""
+        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        entry = queue.take()
+        if entry is None:
+            self.connection.write_method(self.id, commands.Basic.GetEmpty())
+            return
+        tag = self._next_delivery_tag
+        self._next_delivery_tag = tag + 1
+        self.connection.write_get_ok(self.id, tag, entry, queue.message_count)
+        if method.no_ack:
+            queue.acknowledge(entry)
+        else:
+            self.unacked[tag] = Delivery(entry, queue, None, self._deadline(queue))
+            self.unacked_count += 1
+
+    def on_basic_recover_async(self, method: commands.Basic.RecoverAsync) -> None:
+        """basic.recover-async (deprecated): requeue without a reply."""
+        self.requeue_all()
+
+    # -- confirm class -----------------------------------------------------------------
+
+    def on_confirm_select(self, method: commands.Confirm.Select) -> None:
+        """confirm.select: from now on every publish is acked or nacked."""
+        if self.transaction is not None:
+            raise ChannelError(406, "cannot switch from tx to confirm mode")
+        self.confirm_mode = True
+        if not method.nowait:
+            self.connection.write_method(self.id, commands.Confirm.SelectOk())
+
+    # -- tx class ----------------------------------------------------------------------
+
+    def on_tx_select(self, method: commands.Tx.Select) -> None:
+        """tx.select: the channel becomes transactional."""
+        if self.confirm_mode:
+            raise ChannelError(406, "cannot switch from confirm to tx mode")
+        if self.transaction is None:
+            self.transaction = Transaction()
+        self.connection.write_method(self.id, commands.Tx.SelectOk())
+
+    def _require_transaction(self) -> Transaction:
+        if self.transaction is None:
+            raise ChannelError(406, "channel is not transactional")
+        return self.transaction
+
+    def on_tx_commit(self, method: commands.Tx.Commit) -> None:
+        """tx.commit: apply the buffered publishes and acknowledgements, in order."""
+        transaction = self._require_transaction()
+        actions = list(transaction.actions)
+        transaction.clear()
+        for action in actions:
+            if isinstance(action, PendingPublish):
+                self._route(action.fields, action.message)
+            else:
+                deliveries = [self.unacked.pop(tag) for tag in action.delivery_tags
+                              if tag in self.unacked]
+                self._settle(deliveries, action.requeue)
+        self.connection.write_method(self.id, commands.Tx.CommitOk())
+
+    def on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
+        """tx.rollback: drop the buffered work; deliveries stay unacked."""
+        self._require_transaction().clear()
+        self.connection.write_method(self.id, commands.Tx.RollbackOk())
+
+
+def _ids(method: Method) -> tuple[int, int]:
+    index = int(getattr(method, "index", 0))
+    return index >> 16, index & 0xFFFF
+
+
+def _without_bcc(message: Message) -> Message:
+    """RabbitMQ removes the BCC header before delivery so receivers cannot see it."""
+    properties = codec.decode_properties(message.header_payload)
+    headers = dict(properties.headers or {})
+    headers.pop("BCC", None)
+    properties.headers = headers
+    return message.with_properties(properties)
+
+
+HandlerMap = dict[type, Callable[[Channel, Any], None]]
+
+
+def _build_handlers() -> HandlerMap:
+    table: HandlerMap = {}
+    for amqp_class in (commands.Channel, commands.Exchange, commands.Queue, commands.Basic,
+                       commands.Confirm, commands.Tx):
+        for name, member in vars(amqp_class).items():
+            if not isinstance(member, type) or name == "Properties":
+                continue
+            snake = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+            handler = getattr(Channel, f"on_{amqp_class.__name__.lower()}_{snake}", None)
+            if handler is not None:
+                table[member] = handler
+    return table
+
+
+HANDLERS: HandlerMap = _build_handlers()

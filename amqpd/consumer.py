@@ -1,0 +1,63 @@
+"""A consumer: one basic.consume subscription of a channel to a queue, with its credit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amqpd.channel import Channel
+    from amqpd.queue import Queue
+
+
+class Consumer:
+    """A subscription; ``can_take`` is the single place where credit is decided."""
+
+    __slots__ = (
+        "arguments",
+        "channel",
+        "exclusive",
+        "no_ack",
+        "prefetch_count",
+        "queue",
+        "tag",
+        "tag_bytes",
+        "unacked",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        channel: Channel,
+        queue: Queue,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch_count: int,
+        arguments: Mapping[str, object],
+    ):
+        self.tag = tag
+        self.tag_bytes = tag.encode("utf-8")
+        self.channel = channel
+        self.queue = queue
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        # RabbitMQ-compat: basic.qos global=false sets the prefetch of consumers created after it.
+        self.prefetch_count = prefetch_count
+        self.arguments = arguments
+        self.unacked = 0
+
+    def can_take(self) -> bool:
+        """Whether one more delivery may go to this consumer now.
+
+        Both the consumer's and the channel's (global) credit are checked before either is
+        taken, so a refusal never leaves one of them half-charged.
+        """
+        channel = self.channel
+        if not channel.active or channel.connection.congested:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch_count and self.unacked >= self.prefetch_count:
+            return False
+        limit = channel.global_prefetch_count
+        return not (limit and channel.unacked_count >= limit)

@@ -1,0 +1,63 @@
+"""Where the core reports every change that outlives a method call.
+
+The core (vhost, queues) calls a :class:`Journal` for each durable definition change and each
+message entering or leaving a queue. The base class keeps only the broker-wide memory
+account; the persistent journal (``amqpd.persistence``) also turns the calls into store
+batches. Keeping this seam narrow is what lets the core stay synchronous and I/O-free.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from amqpd.message import QueueEntry
+
+if TYPE_CHECKING:
+    from amqpd.exchange import Exchange
+    from amqpd.queue import Queue
+
+# Rough per-entry overhead of a queued message beyond its body (objects, deque slot).
+ENTRY_OVERHEAD = 400
+
+
+class Journal:
+    """Memory accounting only; subclasses persist."""
+
+    def __init__(self) -> None:
+        self.queued_bytes = 0
+
+    def entry_added(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message entered a queue."""
+        self.queued_bytes += len(entry.message.body) + ENTRY_OVERHEAD
+
+    def entry_removed(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message left a queue for good."""
+        self.queued_bytes -= len(entry.message.body) + ENTRY_OVERHEAD
+
+    def entry_returned(self, queue: Queue, entry: QueueEntry) -> None:
+        """A delivered message came back to its queue."""
+
+    def queue_declared(self, queue: Queue) -> None:
+        """A queue was created."""
+
+    def queue_deleted(self, queue: Queue, dropped_bytes: int, dropped_entries: int) -> None:
+        """A queue was deleted together with its ready messages."""
+        self.queued_bytes -= dropped_bytes + dropped_entries * ENTRY_OVERHEAD
+
+    def exchange_declared(self, exchange: Exchange) -> None:
+        """An exchange was created."""
+
+    def exchange_deleted(self, exchange: Exchange) -> None:
+        """An exchange was deleted."""
+
+    def binding_added(
+        self, source: Exchange, destination: Queue | Exchange, routing_key: str,
+        arguments: dict[str, object],
+    ) -> None:
+        """A binding was created."""
+
+    def binding_removed(
+        self, source: Exchange, destination: Queue | Exchange, routing_key: str,
+        arguments: dict[str, object],
+    ) -> None:
+        """A binding was removed."""

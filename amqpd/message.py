@@ -1,0 +1,120 @@
+"""The message as the broker holds it: routing data, the raw content header and the body.
+
+One :class:`Message` is shared by every queue it is routed to; per-queue state (redelivered,
+delivery count, position) lives in :class:`QueueEntry`. The content header is kept as the
+exact bytes the publisher sent, so properties and headers round-trip byte for byte and are
+decoded only when routing or a policy needs them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from pamqp import commands
+
+from amqpd.protocol import codec
+
+
+class Message:
+    """An immutable published message (header payload and body are never copied again)."""
+
+    __slots__ = (
+        "_properties",
+        "body",
+        "exchange",
+        "exchange_bytes",
+        "header_payload",
+        "message_id",
+        "routing_key",
+        "routing_key_bytes",
+        "ttl_ms",
+    )
+
+    def __init__(
+        self,
+        exchange: str,
+        routing_key: str,
+        header_payload: bytes,
+        body: bytes,
+        ttl_ms: int | None = None,
+    ):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.exchange_bytes = exchange.encode("utf-8")
+        self.routing_key_bytes = routing_key.encode("utf-8")
+        self.header_payload = header_payload
+        self.body = body
+        # Per-message TTL from the expiration property, parsed once at publish.
+        self.ttl_ms = ttl_ms
+        # Assigned by the store when the message is first persisted (0 = never stored).
+        self.message_id = 0
+        self._properties: commands.Basic.Properties | None = None
+
+    @property
+    def properties(self) -> commands.Basic.Properties:
+        """The decoded basic properties (decoded once, on first use)."""
+        if self._properties is None:
+            self._properties = codec.decode_properties(self.header_payload)
+        return self._properties
+
+    @property
+    def headers(self) -> Mapping[str, object] | None:
+        """The decoded headers table, or None when the publisher sent none."""
+        if not codec.header_flags(self.header_payload) & codec.FLAG_HEADERS:
+            return None
+        headers: dict[str, Any] | None = self.properties.headers
+        return headers
+
+    @property
+    def persistent(self) -> bool:
+        """True when delivery-mode is 2."""
+        return codec.delivery_mode(self.header_payload) == 2
+
+    @property
+    def size(self) -> int:
+        """The body size in bytes."""
+        return len(self.body)
+
+    def with_properties(self, properties: commands.Basic.Properties) -> Message:
+        """A copy carrying other properties (dead-lettering, BCC stripping); the body is shared."""
+        copy = Message(
+            self.exchange,
+            self.routing_key,
+            codec.encode_header_payload(len(self.body), properties),
+            self.body,
+            self.ttl_ms,
+        )
+        copy._properties = properties
+        return copy
+
+
+class EntryState(enum.Enum):
+    """Where a queue entry is."""
+
+    READY = "ready"
+    DELIVERED = "delivered"  # sent to a consumer, not yet settled
+    GONE = "gone"  # acked, dropped, expired or dead-lettered
+
+
+class QueueEntry:
+    """A message's place in one queue: its position and its delivery history there.
+
+    ``delivery_count`` counts failed deliveries (returns to the queue); it is what
+    ``x-delivery-limit`` is compared with and what ``x-delivery-count`` reports.
+    """
+
+    READY = EntryState.READY
+    DELIVERED = EntryState.DELIVERED
+    GONE = EntryState.GONE
+
+    __slots__ = ("delivery_count", "expires_at", "message", "redelivered", "seq", "state")
+
+    def __init__(self, message: Message, seq: int):
+        self.message = message
+        self.seq = seq
+        self.state = EntryState.READY
+        self.redelivered = False
+        self.delivery_count = 0
+        self.expires_at: float | None = None

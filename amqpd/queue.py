@@ -1,0 +1,379 @@
+"""A queue: ready messages in order, a ring of consumers, dispatch, and message lifecycle.
+
+Theory of operation:
+- ``ready`` holds :class:`QueueEntry` objects in publish order (``seq`` increases). An entry
+  that leaves early (expiry of a message that is not at the head) becomes a tombstone: its
+  state is GONE and it stays in the deque until it reaches the head, so removal is O(1);
+  ``message_count`` subtracts the tombstones.
+- A message that comes back (nack, channel closed, consumer timeout) is put back at its
+  original position by ``seq``, unless it has now failed more often than
+  ``x-delivery-limit`` allows, in which case it is dead-lettered.
+- ``consumers`` is a ring; ``dispatch`` gives each message to the next consumer in the ring
+  with credit, so competing consumers are served round-robin. With single-active-consumer
+  only the first consumer in the ring receives.
+- Dispatch is synchronous and runs whenever something may have changed: a publish, an ack
+  that frees credit, a consumer added, a congested connection draining. It stops when no
+  consumer can take more, so one call is bounded by credit and output watermarks -- no task
+  per queue or per message.
+- Leaving the queue for good (ack, drop, expiry, dead-letter) goes through ``_forget`` so
+  the persistent store and the broker's memory accounting hear of every exit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from amqpd.message import Message, QueueEntry
+from amqpd.queue_arguments import QueuePolicy
+
+if TYPE_CHECKING:
+    from amqpd.connection import Connection
+    from amqpd.consumer import Consumer
+
+READY = QueueEntry.READY
+DELIVERED = QueueEntry.DELIVERED
+GONE = QueueEntry.GONE
+
+
+class QueueHooks(Protocol):
+    """What a queue needs from its surroundings (the vhost implements it)."""
+
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+        """Republish a message to the queue's dead-letter exchange."""
+
+    def entry_added(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message entered the queue (persistence, memory accounting)."""
+
+    def entry_removed(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message left the queue for good."""
+
+    def entry_returned(self, queue: Queue, entry: QueueEntry) -> None:
+        """A delivered message came back (its delivery count changed)."""
+
+    def queue_unused(self, queue: Queue) -> None:
+        """An auto-delete queue lost its last consumer."""
+
+
+class Queue:
+    """One AMQP queue."""
+
+    def __init__(
+        self,
+        name: str,
+        vhost_name: str,
+        durable: bool = False,
+        exclusive_owner: Connection | None = None,
+        auto_delete: bool = False,
+        arguments: Mapping[str, object] | None = None,
+        policy: QueuePolicy | None = None,
+        hooks: QueueHooks | None = None,
+    ):
+        self.name = name
+        self.vhost_name = vhost_name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments: Mapping[str, object] = dict(arguments or {})
+        self.policy = policy or QueuePolicy()
+        self.hooks = hooks
+        self.ready: deque[QueueEntry] = deque()
+        self.consumers: deque[Consumer] = deque()
+        self.tombstones = 0
+        self.ready_bytes = 0
+        self.had_consumers = False
+        self.deleted = False
+        self.last_used = time.monotonic()
+        self._expiries: list[tuple[float, int, QueueEntry]] = []
+        self._seq = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} ready={self.message_count} consumers={len(self.consumers)}>"
+
+    @property
+    def exclusive(self) -> bool:
+        """True for a queue owned by one connection."""
+        return self.exclusive_owner is not None
+
+    @property
+    def message_count(self) -> int:
+        """Messages ready for delivery (what declare-ok and get-ok report)."""
+        return len(self.ready) - self.tombstones
+
+    def describe(self) -> str:
+        """``queue 'name' in vhost '/'``, for reply texts."""
+        return f"queue '{self.name}' in vhost '{self.vhost_name}'"
+
+    def next_seq(self) -> int:
+        """A position for a new entry (also used when recovering from the store)."""
+        return next(self._seq)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def push(self, message: Message) -> bool:
+        """Enqueue a routed message; False when the queue refused it (reject-publish)."""
+        policy = self.policy
+        if (policy.max_length is not None or policy.max_length_bytes is not None) and \
+                not self._make_room(message):
+            if policy.overflow == "reject-publish-dlx":
+                self._dead_letter(message, "maxlen")
+            return False
+        entry = QueueEntry(message, next(self._seq))
+        ttl = policy.message_ttl
+        message_ttl = message.ttl_ms
+        if message_ttl is not None and (ttl is None or message_ttl < ttl):
+            ttl = message_ttl
+        if ttl is not None:
+            entry.expires_at = time.monotonic() + ttl / 1000.0
+        self._append(entry)
+        if self.consumers:
+            self.dispatch()
+        if ttl == 0 and entry.state is READY:
+            # RabbitMQ: a TTL of 0 means "deliver now or never".
+            self._expire(entry)
+        return True
+
+    def restore(self, entry: QueueEntry) -> None:
+        """Append an entry recovered from the store (no hooks: it is already stored)."""
+        self.ready.append(entry)
+        self.ready_bytes += entry.message.size
+        if entry.expires_at is not None:
+            heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
+
+    def _append(self, entry: QueueEntry) -> None:
+        self.ready.append(entry)
+        self.ready_bytes += entry.message.size
+        if entry.expires_at is not None:
+            heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
+        if self.hooks is not None:
+            self.hooks.entry_added(self, entry)
+
+    def _make_room(self, message: Message) -> bool:
+        """Apply x-max-length / x-max-length-bytes before adding ``message``."""
+        policy = self.policy
+        max_length, max_bytes = policy.max_length, policy.max_length_bytes
+
+        def too_full() -> bool:
+            return (max_length is not None and self.message_count + 1 > max_length) or (
+                max_bytes is not None and self.ready_bytes + message.size > max_bytes
+            )
+
+        if not too_full():
+            return True
+        if policy.overflow != "drop-head":
+            return False
+        while too_full():
+            head = self._pop_ready()
+            if head is None:
+                # Even an empty queue cannot hold it (max-length 0 or a body above the cap).
+                return False
+            self._remove(head, "maxlen")
+        return True
+
+    # -- delivering --------------------------------------------------------------------
+
+    def _pop_ready(self) -> QueueEntry | None:
+        ready = self.ready
+        while ready:
+            entry = ready.popleft()
+            if entry.state is GONE:
+                self.tombstones -= 1
+                continue
+            self.ready_bytes -= entry.message.size
+            return entry
+        return None
+
+    def _next_consumer(self) -> Consumer | None:
+        consumers = self.consumers
+        if self.policy.single_active_consumer:
+            active = consumers[0]
+            return active if active.can_take() else None
+        for _ in range(len(consumers)):
+            consumer = consumers[0]
+            consumers.rotate(-1)
+            if consumer.can_take():
+                return consumer
+        return None
+
+    def dispatch(self) -> None:
+        """Deliver ready messages to consumers with credit, round-robin."""
+        ready = self.ready
+        while ready and self.consumers:
+            consumer = self._next_consumer()
+            if consumer is None:
+                return
+            entry = self._pop_ready()
+            if entry is None:
+                return
+            expires_at = entry.expires_at
+            if expires_at is not None and expires_at <= time.monotonic():
+                self._remove(entry, "expired")
+                continue
+            entry.state = DELIVERED
+            consumer.channel.deliver(consumer, entry)
+
+    def take(self) -> QueueEntry | None:
+        """Remove and return the head for basic.get (expired heads are dropped first)."""
+        self.last_used = time.monotonic()
+        while True:
+            entry = self._pop_ready()
+            if entry is None:
+                return None
+            if entry.expires_at is not None and entry.expires_at <= time.monotonic():
+                self._remove(entry, "expired")
+                continue
+            entry.state = DELIVERED
+            return entry
+
+    # -- leaving -----------------------------------------------------------------------
+
+    def _remove(self, entry: QueueEntry, reason: str | None) -> None:
+        """An entry leaves for good; dead-lettered when there is a reason and a DLX."""
+        entry.state = GONE
+        if self.hooks is not None:
+            self.hooks.entry_removed(self, entry)
+            if reason is not None and self.policy.dead_letter_exchange is not None:
+                self.hooks.dead_letter(self, entry.message, reason)
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        if self.hooks is not None and self.policy.dead_letter_exchange is not None:
+            self.hooks.dead_letter(self, message, reason)
+
+    def acknowledge(self, entry: QueueEntry) -> None:
+        """The consumer acked (or took with no-ack): the message is done."""
+        if entry.state is DELIVERED:
+            self._remove(entry, None)
+
+    def reject(self, entry: QueueEntry) -> None:
+        """basic.reject / nack without requeue: dead-letter with reason ``rejected``."""
+        if entry.state is DELIVERED:
+            self._remove(entry, "rejected")
+
+    def _expire(self, entry: QueueEntry) -> None:
+        """Expire a ready entry wherever it is in the queue (tombstone, then dead-letter)."""
+        if entry.state is not READY:
+            return
+        self.tombstones += 1
+        self.ready_bytes -= entry.message.size
+        self._remove(entry, "expired")
+        if self.tombstones > 1024 and self.tombstones * 2 > len(self.ready):
+            self._compact()
+
+    def _compact(self) -> None:
+        live = [entry for entry in self.ready if entry.state is not GONE]
+        self.ready = deque(live)
+        self.tombstones = 0
+
+    def expire_due(self, now: float) -> None:
+        """Expire every message whose TTL has passed (called by the broker's ticker)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, _, entry = heapq.heappop(expiries)
+            if entry.state is READY:
+                self._expire(entry)
+
+    @property
+    def next_expiry(self) -> float | None:
+        """When the next message may expire (stale heap entries make this a lower bound)."""
+        expiries = self._expiries
+        while expiries and expiries[0][2].state is not READY:
+            heapq.heappop(expiries)
+        return expiries[0][0] if expiries else None
+
+    # -- returning ---------------------------------------------------------------------
+
+    def requeue(self, entries: Iterable[QueueEntry]) -> None:
+        """Put delivered-but-unacked entries back at their original positions.
+
+        Each return counts as a failed delivery; past ``x-delivery-limit`` the message is
+        dead-lettered (reason ``delivery_limit``) or dropped instead of requeued.
+        """
+        if self.deleted:
+            for entry in entries:
+                if entry.state is DELIVERED:
+                    self._remove(entry, None)
+            return
+        limit = self.policy.delivery_limit
+        returned = []
+        for entry in entries:
+            if entry.state is not DELIVERED:
+                continue
+            entry.delivery_count += 1
+            entry.redelivered = True
+            if limit is not None and entry.delivery_count > limit:
+                self._remove(entry, "delivery_limit")
+                continue
+            entry.state = READY
+            self.ready_bytes += entry.message.size
+            if self.hooks is not None:
+                self.hooks.entry_returned(self, entry)
+            returned.append(entry)
+        if not returned:
+            return
+        returned.sort(key=_by_seq)
+        ready = self.ready
+        if not ready or returned[-1].seq < ready[0].seq:
+            ready.extendleft(reversed(returned))
+        else:
+            merged = sorted(itertools.chain(ready, returned), key=_by_seq)
+            ready.clear()
+            ready.extend(merged)
+        if self.consumers:
+            self.dispatch()
+
+    def purge(self) -> int:
+        """Drop every ready message; returns how many."""
+        count = self.message_count
+        while True:
+            entry = self._pop_ready()
+            if entry is None:
+                break
+            self._remove(entry, None)
+        self.tombstones = 0
+        self.ready_bytes = 0
+        return count
+
+    # -- consumers ---------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Attach a consumer and start delivering to it."""
+        self.consumers.append(consumer)
+        self.had_consumers = True
+        self.last_used = time.monotonic()
+        self.dispatch()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Detach a consumer; an auto-delete queue goes when its last consumer does."""
+        try:
+            self.consumers.remove(consumer)
+        except ValueError:
+            return
+        self.last_used = time.monotonic()
+        if not self.consumers and self.auto_delete and self.hooks is not None:
+            self.hooks.queue_unused(self)
+        elif self.ready:
+            # With single-active-consumer the next consumer in line takes over now.
+            self.dispatch()
+
+    def on_deleted(self) -> None:
+        """The queue is gone: every ready message leaves with it."""
+        self.deleted = True
+        self.consumers.clear()
+        for entry in self.ready:
+            if entry.state is READY:
+                entry.state = GONE
+        self.ready.clear()
+        self._expiries.clear()
+        self.tombstones = 0
+        self.ready_bytes = 0
+
+
+def _by_seq(entry: QueueEntry) -> int:
+    return entry.seq
+
+
+__all__ = ["DELIVERED", "GONE", "READY", "Queue", "QueueHooks"]

@@ -1,0 +1,94 @@
+"""Route a message from an exchange to queues.
+
+Walks exchange-to-exchange bindings with a visited set, so every queue gets a message at
+most once even when bindings form a cycle or a diamond; tries an exchange's alternate
+exchange when it routes nowhere; and adds the sender-selected routing keys from the ``CC``
+and ``BCC`` headers (RabbitMQ extension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from amqpd.exchange import Exchange
+from amqpd.message import Message
+from amqpd.queue import Queue
+from exchanges import Routable
+
+ExchangeLookup = Callable[[str], Exchange | None]
+
+
+class _Rerouted:
+    """A view of a message with another routing key, for CC/BCC routing."""
+
+    __slots__ = ("_message", "routing_key")
+
+    def __init__(self, message: Message, routing_key: str):
+        self._message = message
+        self.routing_key = routing_key
+
+    @property
+    def headers(self) -> Mapping[str, object] | None:
+        return self._message.headers
+
+
+def sender_selected_keys(message: Message) -> list[str]:
+    """Routing keys from the CC and BCC headers (both arrays of strings)."""
+    headers = message.headers
+    if not headers:
+        return []
+    keys: list[str] = []
+    for name in ("CC", "BCC"):
+        value = headers.get(name)
+        if isinstance(value, list):
+            keys.extend(item.decode() if isinstance(item, bytes) else item for item in value
+                        if isinstance(item, str | bytes))
+    return keys
+
+
+def has_sender_selected(message: Message) -> bool:
+    """Cheap byte scan before decoding the headers table: most messages carry no CC/BCC."""
+    payload = message.header_payload
+    return b"\x02CC" in payload or b"\x03BCC" in payload
+
+
+def route(
+    exchange: Exchange,
+    message: Message,
+    queues_by_name: dict[str, Queue],
+    lookup: ExchangeLookup,
+) -> Sequence[Queue]:
+    """Every queue the message goes to, each once, in a stable order."""
+    if exchange.kind is None:
+        queue = queues_by_name.get(message.routing_key)
+        return (queue,) if queue is not None else ()
+    if has_sender_selected(message):
+        # RabbitMQ routes on every key (the routing key, then CC, then BCC) at every exchange.
+        routables: list[Routable] = [message]
+        routables += [_Rerouted(message, key) for key in sender_selected_keys(message)]
+    else:
+        routables = [message]
+    found: dict[Queue, None] = {}
+    visited = {exchange}
+    pending = [exchange]
+    while pending:
+        current = pending.pop()
+        kind = current.kind
+        if kind is None:  # the default exchange cannot be a binding destination
+            continue
+        destinations: list[object] = []
+        for routable in routables:
+            destinations.extend(kind.route(routable))
+        if not destinations and current.alternate is not None:
+            alternate = lookup(current.alternate)
+            if alternate is not None and alternate not in visited:
+                visited.add(alternate)
+                pending.append(alternate)
+            continue
+        for destination in destinations:
+            if type(destination) is Queue:
+                found[destination] = None
+            elif isinstance(destination, Exchange) and destination not in visited:
+                visited.add(destination)
+                pending.append(destination)
+    return list(found)
