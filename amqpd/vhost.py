@@ -223,7 +223,9 @@ class VirtualHost:
         """queue.declare with RabbitMQ's checks; an empty name gets a server-generated one."""
         arguments = dict(arguments or {})
         if passive:
-            return self.queue_or_404(name, connection)
+            queue = self.queue_or_404(name, connection)
+            queue.last_used = time.monotonic()  # RabbitMQ: any declare renews x-expires
+            return queue
         if not name:
             name = generate_name("amq.gen-")
         elif name.startswith("amq."):
