@@ -56,6 +56,13 @@ class Broker:
                 )
             )
 
+    def use_journal(self, journal: Journal) -> None:
+        """Switch to another journal (the persistent one, before any client connects)."""
+        journal.queued_bytes = self.journal.queued_bytes
+        self.journal = journal
+        for vhost in self.vhosts.values():
+            vhost.journal = journal
+
     def add_vhost(self, name: str) -> VirtualHost:
         """Create a virtual host (idempotent)."""
         vhost = self.vhosts.get(name)

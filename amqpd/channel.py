@@ -23,7 +23,7 @@ from pamqp.base import Frame as Method
 from amqpd import routing
 from amqpd.consumer import Consumer
 from amqpd.lease import LEASE_EXCHANGE, parse_lease
-from amqpd.message import Message, QueueEntry
+from amqpd.message import Message, QueueEntry, route_for
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.queue import Queue
@@ -87,7 +87,9 @@ class Channel:
         self._next_delivery_tag = 1
         self.confirm_mode = False
         self._publish_seq = 0
-        self._confirms: list[tuple[int, bool]] = []
+        # (publish seq, ack?, batch that must be durable first or 0), in publish order.
+        self._confirms: list[tuple[int, bool, int]] = []
+        self._durable_callback_batch = 0
         self._publish: codec.PublishFields | None = None
         self._header: bytes | None = None
         self._body_size = 0
@@ -199,7 +201,10 @@ class Channel:
         assert fields is not None and header is not None
         self._reset_content()
         flags = codec.header_flags(header)
-        message = Message(fields.exchange, fields.routing_key, header, body)
+        route = fields.route
+        if route is None:
+            route = fields.route = route_for(fields.exchange, fields.routing_key)
+        message = Message(route, header, body)  # type: ignore[arg-type]
         if flags & codec.FLAG_EXPIRATION:
             expiration = message.properties.expiration
             if expiration is not None:
@@ -223,10 +228,24 @@ class Channel:
             self.transaction.actions.append(PendingPublish(fields, message))
             return
         else:
+            journal = self.connection.broker.journal
+            writes = journal.writes
             accepted = self._route(fields, message)
+            if self.confirm_mode and journal.writes != writes:
+                # A persistent message reached a durable queue: confirm it once it is on disk.
+                batch = journal.batch_number
+                self._confirms.append((self._publish_seq, accepted, batch))
+                if self._durable_callback_batch != batch:
+                    self._durable_callback_batch = batch
+                    journal.after_commit(self._durable_confirms_ready)
+                return
         if self.confirm_mode:
-            self._confirms.append((self._publish_seq, accepted))
+            self._confirms.append((self._publish_seq, accepted, 0))
             self.connection.confirms_pending.add(self)
+
+    def _durable_confirms_ready(self) -> None:
+        if self.state is ChannelState.OPEN and self.connection.channels.get(self.id) is self:
+            self.flush_confirms()
 
     def _check_exchange(self, name: str) -> Any:
         vhost = self.connection.vhost
@@ -266,20 +285,30 @@ class Channel:
         self.has_deadlines = True
 
     def flush_confirms(self) -> None:
-        """Send the confirms gathered while processing one read, coalesced with multiple."""
+        """Send the confirms that are ready, coalescing runs of acks into one
+        ``multiple=true`` ack. A confirm waiting for the disk holds back the ones after it,
+        so a multiple ack never covers a message that is not yet durable."""
         pending = self._confirms
         if not pending:
             return
-        self._confirms = []
+        committed = self.connection.broker.journal.committed
+        ready = 0
+        for _, _, batch in pending:
+            if batch > committed:
+                break
+            ready += 1
+        if not ready:
+            return
+        sending, self._confirms = pending[:ready], pending[ready:]
         write = self.connection.write_method
         run_start = 0
-        for index in range(len(pending) + 1):
-            boundary = index == len(pending) or not pending[index][1]
+        for index in range(ready + 1):
+            boundary = index == ready or not sending[index][1]
             if boundary and index > run_start:
-                last = pending[index - 1][0]
+                last = sending[index - 1][0]
                 write(self.id, commands.Basic.Ack(last, multiple=index - run_start > 1))
-            if index < len(pending) and not pending[index][1]:
-                write(self.id, commands.Basic.Nack(pending[index][0], False, False))
+            if index < ready and not sending[index][1]:
+                write(self.id, commands.Basic.Nack(sending[index][0], False, False))
                 run_start = index + 1
 
     # -- delivering --------------------------------------------------------------------
@@ -687,7 +716,12 @@ class Channel:
                 deliveries = [self.unacked.pop(tag) for tag in action.delivery_tags
                               if tag in self.unacked]
                 self._settle(deliveries, action.requeue)
-        self.connection.write_method(self.id, commands.Tx.CommitOk())
+        # commit-ok promises the work is done, so it waits for the disk like a confirm.
+        self.connection.broker.journal.after_commit(self._commit_ok)
+
+    def _commit_ok(self) -> None:
+        if self.connection.channels.get(self.id) is self:
+            self.connection.write_method(self.id, commands.Tx.CommitOk())
 
     def on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
         """tx.rollback: drop the buffered work; deliveries stay unacked."""

@@ -116,6 +116,7 @@ class Connection:
         # Set once the client publishes: only publishers are blocked by a memory alarm.
         self.is_publisher = False
         self.blocked_sent = False
+        self._discard_input = False
 
     # -- output ------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class Connection:
         message = entry.message
         out += codec.encode_deliver(
             channel, consumer_tag, delivery_tag, entry.redelivered,
-            message.exchange_bytes, message.routing_key_bytes,
+            message.route.exchange_bytes, message.route.routing_key_bytes,
         )
         self._append_content(channel, message, entry.delivery_count)
 
@@ -190,8 +191,8 @@ class Connection:
         message = entry.message
         self._write(
             codec.encode_get_ok(
-                channel, delivery_tag, entry.redelivered, message.exchange_bytes,
-                message.routing_key_bytes, message_count,
+                channel, delivery_tag, entry.redelivered, message.route.exchange_bytes,
+                message.route.routing_key_bytes, message_count,
             )
         )
         self._append_content(channel, message, entry.delivery_count)
@@ -226,7 +227,7 @@ class Connection:
 
     def data_received(self, data: bytes) -> None:
         """Process bytes from the socket; everything to send ends up in ``out``."""
-        if self.state is ConnectionState.CLOSED or self.finished:
+        if self.state is ConnectionState.CLOSED or self.finished or self._discard_input:
             return
         self.last_received = self.clock()
         if self.state is ConnectionState.AWAIT_HEADER:
@@ -271,7 +272,7 @@ class Connection:
                     try:
                         if frame_type == FRAME_METHOD:
                             if payload[:4] == _PUBLISH_PREFIX and not channel.expecting_content:
-                                channel.begin_publish(codec.decode_publish(payload))
+                                channel.begin_publish(codec.decode_publish_cached(payload))
                             else:
                                 self._channel_method(channel, payload)
                         elif frame_type == FRAME_BODY:
@@ -540,8 +541,11 @@ class Connection:
         self.state = ConnectionState.CLOSING
         self.close_deadline = self.clock() + self.settings.close_timeout
         if isinstance(error, FrameError):
-            # The byte stream cannot be trusted any more, so no close-ok could be read.
-            self.finished = True
+            # The byte stream cannot be trusted any more, so no close-ok could be read: drop
+            # whatever arrives and close after a grace second. Closing at once would reset
+            # a socket with unread input, and the client might never see the close.
+            self._discard_input = True
+            self.close_deadline = self.clock() + 1.0
 
     def close_by_server(self, reply_code: int, detail: str) -> None:
         """Start a server-initiated close (shutdown: 320 CONNECTION_FORCED)."""

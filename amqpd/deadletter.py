@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from amqpd.message import Message
+from amqpd.message import Message, route_for
 from amqpd.protocol import codec
 
 
@@ -72,8 +72,7 @@ def dead_lettered(
     copy = message.with_properties(properties)
     copy.ttl_ms = None
     if routing_key is not None:
-        copy.routing_key = routing_key
-        copy.routing_key_bytes = routing_key.encode("utf-8")
+        copy.route = route_for(message.exchange, routing_key)
     return copy
 
 

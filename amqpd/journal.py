@@ -8,6 +8,7 @@ batches. Keeping this seam narrow is what lets the core stay synchronous and I/O
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from amqpd.message import QueueEntry
@@ -25,6 +26,16 @@ class Journal:
 
     def __init__(self) -> None:
         self.queued_bytes = 0
+        # Operations written for the store, the batch being filled and the last one made
+        # durable; without a store nothing is ever written, so nothing waits.
+        self.writes = 0
+        self.batch_number = 0
+        self.committed = 0
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything written so far is durable (now, without a
+        store)."""
+        callback()
 
     def entry_added(self, queue: Queue, entry: QueueEntry) -> None:
         """A message entered a queue."""
@@ -36,6 +47,9 @@ class Journal:
 
     def entry_returned(self, queue: Queue, entry: QueueEntry) -> None:
         """A delivered message came back to its queue."""
+
+    def entry_delivered(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message of a durable queue was delivered (not yet acknowledged)."""
 
     def queue_declared(self, queue: Queue) -> None:
         """A queue was created."""

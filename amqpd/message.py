@@ -17,33 +17,48 @@ from pamqp import commands
 from amqpd.protocol import codec
 
 
-class Message:
-    """An immutable published message (header payload and body are never copied again)."""
+class Route:
+    """Where a message was published: exchange and routing key, as text and as the UTF-8
+    bytes basic.deliver needs. Shared by every message published the same way (see
+    :func:`route_for`), so a million queued messages do not hold a million copies."""
 
-    __slots__ = (
-        "_properties",
-        "body",
-        "exchange",
-        "exchange_bytes",
-        "header_payload",
-        "message_id",
-        "routing_key",
-        "routing_key_bytes",
-        "ttl_ms",
-    )
+    __slots__ = ("exchange", "exchange_bytes", "routing_key", "routing_key_bytes")
 
-    def __init__(
-        self,
-        exchange: str,
-        routing_key: str,
-        header_payload: bytes,
-        body: bytes,
-        ttl_ms: int | None = None,
-    ):
+    def __init__(self, exchange: str, routing_key: str):
         self.exchange = exchange
         self.routing_key = routing_key
         self.exchange_bytes = exchange.encode("utf-8")
         self.routing_key_bytes = routing_key.encode("utf-8")
+
+
+_ROUTES: dict[tuple[str, str], Route] = {}
+_ROUTES_MAX = 4096
+
+
+def route_for(exchange: str, routing_key: str) -> Route:
+    """The shared :class:`Route` for an exchange and routing key (a bounded cache)."""
+    key = (exchange, routing_key)
+    route = _ROUTES.get(key)
+    if route is None:
+        if len(_ROUTES) >= _ROUTES_MAX:
+            _ROUTES.clear()  # unbounded key spaces (ids in keys) just stop sharing
+        route = _ROUTES[key] = Route(exchange, routing_key)
+    return route
+
+
+class Message:
+    """An immutable published message (header payload and body are never copied again)."""
+
+    __slots__ = ("_properties", "body", "header_payload", "message_id", "route", "ttl_ms")
+
+    def __init__(
+        self,
+        route: Route,
+        header_payload: bytes,
+        body: bytes,
+        ttl_ms: int | None = None,
+    ):
+        self.route = route
         self.header_payload = header_payload
         self.body = body
         # Per-message TTL from the expiration property, parsed once at publish.
@@ -51,6 +66,16 @@ class Message:
         # Assigned by the store when the message is first persisted (0 = never stored).
         self.message_id = 0
         self._properties: commands.Basic.Properties | None = None
+
+    @property
+    def exchange(self) -> str:
+        """The exchange it was published to."""
+        return self.route.exchange
+
+    @property
+    def routing_key(self) -> str:
+        """The routing key it was published with."""
+        return self.route.routing_key
 
     @property
     def properties(self) -> commands.Basic.Properties:
@@ -80,8 +105,7 @@ class Message:
     def with_properties(self, properties: commands.Basic.Properties) -> Message:
         """A copy carrying other properties (dead-lettering, BCC stripping); the body is shared."""
         copy = Message(
-            self.exchange,
-            self.routing_key,
+            self.route,
             codec.encode_header_payload(len(self.body), properties),
             self.body,
             self.ttl_ms,

@@ -55,6 +55,9 @@ class QueueHooks(Protocol):
     def entry_returned(self, queue: Queue, entry: QueueEntry) -> None:
         """A delivered message came back (its delivery count changed)."""
 
+    def entry_delivered(self, queue: Queue, entry: QueueEntry) -> None:
+        """A message of a durable queue went to a consumer (persist "redelivered")."""
+
     def queue_unused(self, queue: Queue) -> None:
         """An auto-delete queue lost its last consumer."""
 
@@ -144,6 +147,10 @@ class Queue:
         if entry.expires_at is not None:
             heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
 
+    def continue_after(self, seq: int) -> None:
+        """New entries get positions after ``seq`` (after recovery)."""
+        self._seq = itertools.count(seq + 1)
+
     def _append(self, entry: QueueEntry) -> None:
         self.ready.append(entry)
         self.ready_bytes += entry.message.size
@@ -214,6 +221,8 @@ class Queue:
                 self._remove(entry, "expired")
                 continue
             entry.state = DELIVERED
+            if self.durable and self.hooks is not None:
+                self.hooks.entry_delivered(self, entry)
             consumer.channel.deliver(consumer, entry)
 
     def take(self) -> QueueEntry | None:
@@ -227,6 +236,8 @@ class Queue:
                 self._remove(entry, "expired")
                 continue
             entry.state = DELIVERED
+            if self.durable and self.hooks is not None:
+                self.hooks.entry_delivered(self, entry)
             return entry
 
     # -- leaving -----------------------------------------------------------------------

@@ -290,6 +290,15 @@ class VirtualHost:
         """Forward to the journal."""
         self.journal.entry_returned(queue, entry)
 
+    def entry_delivered(self, queue: Queue, entry: QueueEntry) -> None:
+        """Forward to the journal."""
+        self.journal.entry_delivered(queue, entry)
+
+    def entry_restored(self, queue: Queue) -> None:
+        """Recovery put entries back: let the ticker watch their TTLs."""
+        if queue.next_expiry is not None:
+            self._timed_queues.add(queue)
+
     def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
         """Republish to the queue's dead-letter exchange with the x-death history."""
         policy = queue.policy

@@ -145,6 +145,9 @@ def test_bad_frame_end_is_501() -> None:
     data[-1] = 0
     close = close_of(peer.send_raw(bytes(data)))
     assert close.reply_code == 501
+    assert peer.send(1, commands.Channel.Open()) == []  # input is dropped from now on
+    peer.now += 1.5
+    peer.connection.tick()
     assert peer.connection.finished
 
 

@@ -45,15 +45,20 @@ FLAG_EXPIRATION = 0x0100
 
 
 class PublishFields:
-    """Decoded basic.publish arguments (the hot path builds these instead of pamqp objects)."""
+    """Decoded basic.publish arguments (the hot path builds these instead of pamqp objects).
 
-    __slots__ = ("exchange", "immediate", "mandatory", "routing_key")
+    Immutable, so one object can stand for every publish with the same arguments
+    (:func:`decode_publish_cached`)."""
+
+    __slots__ = ("exchange", "immediate", "mandatory", "route", "routing_key")
 
     def __init__(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool):
         self.exchange = exchange
         self.routing_key = routing_key
         self.mandatory = mandatory
         self.immediate = immediate
+        # Filled by the broker (a shared amqpd.message.Route); the codec does not know it.
+        self.route: object = None
 
 
 def decode_publish(payload: bytes) -> PublishFields:
@@ -77,6 +82,23 @@ def decode_publish(payload: bytes) -> PublishFields:
             502, f"malformed basic.publish arguments: {exc}", 60, 40
         ) from exc
     return PublishFields(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+
+
+_PUBLISH_CACHE: dict[bytes, PublishFields] = {}
+_PUBLISH_CACHE_MAX = 4096
+
+
+def decode_publish_cached(payload: bytes) -> PublishFields:
+    """:func:`decode_publish` through a bounded cache keyed by the payload bytes: most
+    publishers repeat a few exchange/routing-key pairs, and a dict lookup is cheaper than
+    decoding two strings."""
+    fields = _PUBLISH_CACHE.get(payload)
+    if fields is None:
+        fields = decode_publish(payload)
+        if len(_PUBLISH_CACHE) >= _PUBLISH_CACHE_MAX:
+            _PUBLISH_CACHE.clear()
+        _PUBLISH_CACHE[payload] = fields
+    return fields
 
 
 def decode_method(payload: bytes) -> Method:
