@@ -24,6 +24,7 @@ from amqpd import routing
 from amqpd.consumer import Consumer
 from amqpd.lease import LEASE_EXCHANGE, parse_lease
 from amqpd.message import Message, QueueEntry, route_for
+from amqpd.permissions import authorize
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.queue import Queue
@@ -247,8 +248,13 @@ class Channel:
         if self.state is ChannelState.OPEN and self.connection.channels.get(self.id) is self:
             self.flush_confirms()
 
+    def _allow(self, permission: Any, kind: Any, name: str) -> None:
+        """RabbitMQ's configure / write / read permission check (403 naming the resource)."""
+        authorize(self.connection.user, self.connection.vhost.name, permission, kind, name)
+
     def _check_exchange(self, name: str) -> Any:
         vhost = self.connection.vhost
+        self._allow("write", "exchange", name)
         exchange = vhost.exchanges.get(name)
         if exchange is None:
             raise ChannelError(404, f"no exchange '{name}' in vhost '{vhost.name}'", 60, 40)
@@ -525,6 +531,12 @@ class Channel:
 
     def on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
         """exchange.declare."""
+        if not method.passive:
+            self._allow("configure", "exchange", method.exchange)
+            alternate = (method.arguments or {}).get("alternate-exchange")
+            if isinstance(alternate, str):
+                self._allow("write", "exchange", alternate)
+                self._allow("read", "exchange", method.exchange)
         self.vhost.declare_exchange(
             method.exchange,
             method.exchange_type,
@@ -539,12 +551,15 @@ class Channel:
 
     def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
         """exchange.delete."""
+        self._allow("configure", "exchange", method.exchange)
         self.vhost.delete_exchange(method.exchange, method.if_unused)
         if not method.nowait:
             self.connection.write_method(self.id, commands.Exchange.DeleteOk())
 
     def on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
         """exchange.bind (RabbitMQ extension): source -> destination."""
+        self._allow("write", "exchange", method.destination)
+        self._allow("read", "exchange", method.source)
         destination = self.vhost.destination_exchange(method.destination)
         self.vhost.bind(method.source, destination, method.routing_key, method.arguments)
         if not method.nowait:
@@ -552,6 +567,8 @@ class Channel:
 
     def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
         """exchange.unbind."""
+        self._allow("write", "exchange", method.destination)
+        self._allow("read", "exchange", method.source)
         destination = self.vhost.destination_exchange(method.destination)
         self.vhost.unbind(method.source, destination, method.routing_key, method.arguments)
         if not method.nowait:
@@ -561,14 +578,25 @@ class Channel:
 
     def on_queue_declare(self, method: commands.Queue.Declare) -> None:
         """queue.declare."""
+        name = method.queue
+        server_named = not name and not method.passive
+        if not method.passive:
+            if server_named:
+                name = generate_name("amq.gen-")
+            self._allow("configure", "queue", name)
+            dead_letter_exchange = (method.arguments or {}).get("x-dead-letter-exchange")
+            if isinstance(dead_letter_exchange, str):
+                self._allow("write", "exchange", dead_letter_exchange)
+                self._allow("read", "queue", name)
         queue = self.vhost.declare_queue(
-            method.queue,
+            name,
             self.connection,
             passive=method.passive,
             durable=method.durable,
             exclusive=method.exclusive,
             auto_delete=method.auto_delete,
             arguments=method.arguments,
+            server_named=server_named,
         )
         self.connection.last_queue_name = queue.name
         if not method.nowait:
@@ -588,7 +616,10 @@ class Channel:
 
     def on_queue_bind(self, method: commands.Queue.Bind) -> None:
         """queue.bind."""
-        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self._allow("write", "queue", name)
+        self._allow("read", "exchange", method.exchange)
+        queue = self.vhost.queue_or_404(name, self.connection)
         self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
         if not method.nowait:
             self.connection.write_method(self.id, commands.Queue.BindOk())
@@ -596,7 +627,10 @@ class Channel:
     def on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
         """queue.unbind; unbinding something missing succeeds (RabbitMQ)."""
         vhost = self.vhost
-        queue = vhost.queues.get(self._queue_name(method.queue))
+        name = self._queue_name(method.queue)
+        self._allow("write", "queue", name)
+        self._allow("read", "exchange", method.exchange)
+        queue = vhost.queues.get(name)
         if queue is not None and vhost.get_exchange(method.exchange) is not None:
             vhost.check_exclusive(queue, self.connection)
             vhost.unbind(method.exchange, queue, method.routing_key, method.arguments)
@@ -606,16 +640,18 @@ class Channel:
 
     def on_queue_purge(self, method: commands.Queue.Purge) -> None:
         """queue.purge: drop ready messages (unacked ones stay)."""
-        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self._allow("read", "queue", name)
+        queue = self.vhost.queue_or_404(name, self.connection)
         count = queue.purge()
         if not method.nowait:
             self.connection.write_method(self.id, commands.Queue.PurgeOk(count))
 
     def on_queue_delete(self, method: commands.Queue.Delete) -> None:
         """queue.delete with if-unused / if-empty."""
-        count = self.vhost.delete_queue(
-            self._queue_name(method.queue), self.connection, method.if_unused, method.if_empty
-        )
+        name = self._queue_name(method.queue)
+        self._allow("configure", "queue", name)
+        count = self.vhost.delete_queue(name, self.connection, method.if_unused, method.if_empty)
         if not method.nowait:
             self.connection.write_method(self.id, commands.Queue.DeleteOk(count))
 
@@ -634,7 +670,9 @@ class Channel:
 
     def on_basic_consume(self, method: commands.Basic.Consume) -> None:
         """basic.consume."""
-        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self._allow("read", "queue", name)
+        queue = self.vhost.queue_or_404(name, self.connection)
         tag = method.consumer_tag or generate_name("amq.ctag-")
         if tag in self.consumers:
             raise ConnectionLevelError(530, f"attempt to reuse consumer tag '{tag}'", 60, 20)
@@ -661,7 +699,9 @@ class Channel:
 
     def on_basic_get(self, method: commands.Basic.Get) -> None:
         """basic.get: one message or get-empty."""
-        queue = self.vhost.queue_or_404(self._queue_name(method.queue), self.connection)
+        name = self._queue_name(method.queue)
+        self._allow("read", "queue", name)
+        queue = self.vhost.queue_or_404(name, self.connection)
         entry = queue.take()
         if entry is None:
             self.connection.write_method(self.id, commands.Basic.GetEmpty())

@@ -26,9 +26,10 @@ from pamqp import commands
 from pamqp.base import Frame as Method
 
 from amqpd import __version__
-from amqpd.auth import AuthError
+from amqpd.auth import AuthError, mechanisms_for
 from amqpd.channel import Channel, ChannelState
 from amqpd.message import Message, QueueEntry
+from amqpd.permissions import check_vhost_access
 from amqpd.protocol import codec
 from amqpd.protocol.constants import (
     FRAME_BODY,
@@ -87,7 +88,10 @@ class Connection:
         broker: Broker,
         peer: tuple[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls_peer_cn: str | None = None,
     ):
+        # The common name of a verified TLS client certificate: enables SASL EXTERNAL.
+        self.tls_peer_cn = tls_peer_cn
         self.broker = broker
         self.settings = broker.settings
         self.peer = peer
@@ -384,7 +388,7 @@ class Connection:
                     "cluster_name": self.broker.cluster_name,
                     "capabilities": dict(SERVER_CAPABILITIES),
                 },
-                mechanisms="PLAIN AMQPLAIN",
+                mechanisms=mechanisms_for(self.tls_peer_cn is not None),
                 locales="en_US",
             ),
         )
@@ -425,7 +429,9 @@ class Connection:
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
         host = self.peer[0] if self.peer else None
         try:
-            user = self.broker.users.authenticate(method.mechanism, raw, host)
+            user = self.broker.users.authenticate(
+                method.mechanism, raw, host, peer_cn=self.tls_peer_cn
+            )
         except AuthError as exc:
             LOGGER.warning("authentication failed from %s: %s", self.peer, exc)
             if self.client_capability("authentication_failure_close"):
@@ -475,10 +481,7 @@ class Connection:
         vhost = self.broker.vhosts.get(name)
         if vhost is None:
             raise ConnectionLevelError(530, f"vhost {name} not found", 10, 40)
-        if name not in self.user.vhosts:
-            raise ConnectionLevelError(
-                530, f"access to vhost '{name}' refused for user '{self.user_name}'", 10, 40
-            )
+        check_vhost_access(self.user, name)
         self.vhost = vhost
         self.state = ConnectionState.OPEN
         self.broker.connection_opened(self)

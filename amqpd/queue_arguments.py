@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from amqpd.protocol.errors import ChannelError
+from amqpd.settings import QueueDefaults
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum")
@@ -31,18 +32,6 @@ class QueuePolicy:
     delivery_limit: int | None = None
     consumer_timeout: int | None = None  # ms
     single_active_consumer: bool = False
-
-
-@dataclass(slots=True)
-class QueueDefaults:
-    """Broker-wide defaults applied when a queue's arguments do not say otherwise."""
-
-    message_ttl: int | None = None
-    max_length: int | None = None
-    max_length_bytes: int | None = None
-    overflow: str | None = None
-    delivery_limit: int | None = None
-    consumer_timeout: int | None = None
 
 
 def _integer(value: object) -> int | None:
@@ -115,8 +104,7 @@ def parse_queue_arguments(
         raise invalid("x-queue-type", f"expected one of {', '.join(QUEUE_TYPES)}")
     if defaults is not None:
         _apply_defaults(policy, arguments, defaults)
-    policy.overflow = overflow or (defaults.overflow if defaults and defaults.overflow else
-                                   "drop-head")
+    policy.overflow = overflow or (defaults.overflow if defaults else "drop-head")
     return policy
 
 
@@ -133,3 +121,5 @@ def _apply_defaults(
         policy.delivery_limit = defaults.delivery_limit
     if "x-consumer-timeout" not in arguments:
         policy.consumer_timeout = defaults.consumer_timeout
+    if "x-expires" not in arguments:
+        policy.expires = defaults.expires

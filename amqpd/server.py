@@ -16,18 +16,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
-from anyio.streams.tls import TLSStream
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from amqpd.broker import Broker
 from amqpd.connection import Connection
+from amqpd.persistence import PersistentJournal, recover
 from amqpd.protocol.constants import CONNECTION_FORCED
+from amqpd.store import Store, StoreError, open_store
+from amqpd.tls import peer_common_name, server_context
 
 LOGGER = logging.getLogger(__name__)
 
@@ -121,8 +126,14 @@ class Session:
 class Server:
     """Accepts connections and owns every session."""
 
-    def __init__(self, broker: Broker, on_listening: Callable[[str, int], None] | None = None):
+    def __init__(
+        self,
+        broker: Broker,
+        on_listening: Callable[[str, int], None] | None = None,
+        store: Store | None = None,
+    ):
         self.broker = broker
+        self.store = store
         self.sessions: set[Session] = set()
         self.on_listening = on_listening
         self._stopping = False
@@ -130,6 +141,25 @@ class Server:
         self._alarm_event = anyio.Event()
         broker.alarm_listeners.append(self._on_alarm)
         self.bound: tuple[str, int] | None = None
+        self.tls_bound: tuple[str, int] | None = None
+        self.on_tls_listening: Callable[[str, int], None] | None = None
+
+    async def _listen_tls(self) -> tuple[MultiListener[SocketStream], ssl.SSLContext] | None:
+        """The amqps listener (plain TCP; each connection is wrapped after accept)."""
+        settings = self.broker.settings
+        if settings.tls_port is None:
+            return None
+        context = server_context(settings)
+        listener = await anyio.create_tcp_listener(
+            local_host=settings.tls_host or settings.host, local_port=settings.tls_port,
+            reuse_port=False,
+        )
+        address = listener.extra(SocketAttribute.local_address)
+        assert isinstance(address, tuple)
+        self.tls_bound = (str(address[0]), int(address[1]))
+        if self.on_tls_listening is not None:
+            self.on_tls_listening(*self.tls_bound)
+        return listener, context
 
     async def serve(self) -> None:
         """Listen, serve and return after a graceful shutdown (SIGTERM/SIGINT)."""
@@ -143,18 +173,35 @@ class Server:
         self.bound = (host, port)
         if self.on_listening is not None:
             self.on_listening(host, port)
+        tls = await self._listen_tls()
         async with anyio.create_task_group() as task_group:
             for socket_listener in listener.listeners:
                 assert isinstance(socket_listener, SocketListener)
                 task_group.start_soon(self._accept, socket_listener, task_group)
+            if tls is not None:
+                for socket_listener in tls[0].listeners:
+                    assert isinstance(socket_listener, SocketListener)
+                    task_group.start_soon(self._accept, socket_listener, task_group, tls[1])
             task_group.start_soon(self._tick)
+            if self.store is not None:
+                task_group.start_soon(self._flush, self.store)
             await self._wait_for_signal()
+            if tls is not None:
+                await tls[0].aclose()
             await self.shutdown(listener)
             task_group.cancel_scope.cancel()
+        if self.store is not None:
+            await self._commit_pending(self.store)
 
     async def _wait_for_signal(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    from amqpd.topology.reload import reload
+
+                    LOGGER.info("received SIGHUP, reloading the configuration")
+                    reload(self.broker)  # logs and never raises; all or nothing
+                    continue
                 LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
                 return
 
@@ -170,7 +217,12 @@ class Server:
                 self._sessions_changed = anyio.Event()
                 await self._sessions_changed.wait()
 
-    async def _accept(self, listener: SocketListener, task_group: anyio.abc.TaskGroup) -> None:
+    async def _accept(
+        self,
+        listener: SocketListener,
+        task_group: anyio.abc.TaskGroup,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         limit = self.broker.settings.max_connections
         while not self._stopping:
             try:
@@ -186,16 +238,46 @@ class Server:
                 LOGGER.warning("connection limit %s reached; refusing a connection", limit)
                 await stream.aclose()
                 continue
-            task_group.start_soon(self._handle, stream)
+            task_group.start_soon(self._handle, stream, ssl_context)
 
-    async def _handle(self, stream: SocketStream) -> None:
+    async def _tls_handshake(
+        self, stream: SocketStream, context: ssl.SSLContext, peer: object
+    ) -> tuple[TLSStream, str | None] | None:
+        """Wrap an accepted socket in TLS, with the client certificate's CN if any; None
+        (socket closed) when the handshake fails."""
+        try:
+            with anyio.fail_after(self.broker.settings.tls_handshake_timeout):
+                wrapped = await TLSStream.wrap(
+                    stream, server_side=True, ssl_context=context, standard_compatible=False
+                )
+        except Exception as exc:  # timeouts, bad certificates, plain AMQP on the TLS port
+            LOGGER.info("TLS handshake with %s failed: %s", peer, exc)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await stream.aclose()
+            return None
+        return wrapped, peer_common_name(wrapped.extra(TLSAttribute.ssl_object, None))
+
+    async def _handle(
+        self, stream: SocketStream, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         # Nothing a single connection does may take the server down with it.
         try:
             peer = stream.extra(SocketAttribute.remote_address)
         except Exception:  # a peer that is already gone has no address (AttributeError)
             peer = None
         peer_address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        session = Session(Connection(self.broker, peer_address), stream, self._alarm_cleared)
+        connection_stream: SocketStream | TLSStream = stream
+        peer_cn: str | None = None
+        if ssl_context is not None:
+            wrapped = await self._tls_handshake(stream, ssl_context, peer_address)
+            if wrapped is None:
+                return
+            connection_stream, peer_cn = wrapped
+        session = Session(
+            Connection(self.broker, peer_address, tls_peer_cn=peer_cn),
+            connection_stream,
+            self._alarm_cleared,
+        )
         self.sessions.add(session)
         try:
             await session.run()
@@ -204,6 +286,40 @@ class Server:
         finally:
             self.sessions.discard(session)
             self._sessions_changed.set()
+
+    async def _flush(self, store: Store) -> None:
+        """Group commit: everything the core wrote while the last commit ran goes in the
+        next one, in a worker thread, then confirms and commit-oks waiting for it go out."""
+        journal = self.broker.journal
+        assert isinstance(journal, PersistentJournal)
+        wanted = anyio.Event()
+
+        def wake() -> None:
+            wanted.set()
+
+        journal.wakeup = wake
+        while True:
+            if not journal.pending:
+                wanted = anyio.Event()
+                await wanted.wait()
+                continue
+            await self._commit_pending(store)
+
+    async def _commit_pending(self, store: Store) -> None:
+        journal = self.broker.journal
+        if not isinstance(journal, PersistentJournal) or not journal.pending:
+            return
+        number, batch = journal.take_batch()
+        while batch:
+            try:
+                await anyio.to_thread.run_sync(store.commit, batch)
+                break
+            except StoreError:
+                # Nothing of the batch was applied (a full disk, say). Retrying the same batch
+                # keeps the promise that a confirmed message is on disk.
+                LOGGER.exception("store commit failed; retrying in 1 s")
+                await anyio.sleep(1)
+        journal.committed_through(number)
 
     def _on_alarm(self, raised: bool) -> None:
         if raised:
@@ -231,14 +347,51 @@ class Server:
                     session.wake()
 
 
-def run(broker: Broker) -> int:
-    """Run the broker until SIGTERM/SIGINT; returns the process exit code."""
+def open_and_recover(broker: Broker) -> Store:
+    """Open the store in the data directory and rebuild what it holds.
+
+    Raises:
+        StoreError: with a message naming the file when it cannot be used.
+    """
+    store = open_store(Path(broker.settings.data_dir))
+    snapshot = store.load()
+    journal = PersistentJournal(store, snapshot.next_message_id)
+    broker.use_journal(journal)
+    started = time.monotonic()
+    count = recover(broker, journal, snapshot)
+    LOGGER.info("recovered %d messages in %.2f s", count, time.monotonic() - started)
+    return store
+
+
+def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> int:
+    """Run the broker until SIGTERM/SIGINT; returns the process exit code.
+
+    ``configure`` (amqpd.topology.apply.configure_broker) applies the configured users,
+    vhosts and topology after the store is recovered; its ValueError stops start-up.
+    """
 
     def announce(host: str, port: int) -> None:
         # Scripts and test fixtures wait for exactly this line.
         print(f"amqpd listening on {host}:{port}", flush=True)  # noqa: T201
 
-    server = Server(broker, announce)
+    try:
+        store = open_and_recover(broker)
+    except StoreError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    if configure is not None:
+        try:
+            configure(broker)
+        except ValueError as exc:  # amqpd.config.nodes.ConfigError: FILE:LINE:COLUMN: ...
+            print(exc, file=sys.stderr)  # noqa: T201
+            store.close()
+            return 1
+    server = Server(broker, announce, store)
+
+    def announce_tls(host: str, port: int) -> None:
+        print(f"amqpd listening on {host}:{port} (tls)", flush=True)  # noqa: T201
+
+    server.on_tls_listening = announce_tls
     backend_options: dict[str, object] = {}
     try:
         import uvloop  # noqa: F401
@@ -252,4 +405,6 @@ def run(broker: Broker) -> int:
         message = f"amqpd: cannot listen on {broker.settings.host}:{broker.settings.port}: {exc}"
         print(message, file=sys.stderr)  # noqa: T201
         return 1
+    finally:
+        store.close()
     return 0

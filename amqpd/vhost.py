@@ -22,7 +22,8 @@ from amqpd.journal import Journal
 from amqpd.message import Message, QueueEntry
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.queue import Queue
-from amqpd.queue_arguments import QueueDefaults, parse_queue_arguments
+from amqpd.queue_arguments import parse_queue_arguments
+from amqpd.settings import QueueDefaults
 
 if TYPE_CHECKING:
     from amqpd.connection import Connection
@@ -55,6 +56,25 @@ def _arguments_differ(received: Mapping[str, object], current: Mapping[str, obje
             return f"inequivalent arg '{key}': received '{_render(mine)}' but current is " \
                 f"'{_render(theirs)}'"
     return None
+
+
+def _check_equivalent(
+    what: str,
+    flags: tuple[tuple[str, object, object], ...],
+    arguments: Mapping[str, object],
+    current_arguments: Mapping[str, object],
+) -> None:
+    """A redeclare must match the declaration: 406 naming the first field that differs."""
+    for field, received, current in flags:
+        if received != current:
+            raise ChannelError(
+                406,
+                f"inequivalent arg '{field}' for {what}: received '{_render(received)}' "
+                f"but current is '{_render(current)}'",
+            )
+    difference = _arguments_differ(arguments, current_arguments)
+    if difference:
+        raise ChannelError(406, f"{difference} for {what}")
 
 
 def generate_name(prefix: str) -> str:
@@ -167,22 +187,15 @@ class VirtualHost:
             return self._create_exchange(
                 name, type_name, durable, auto_delete, internal, arguments
             )
-        what = existing.describe()
-        for field, received, current in (
-            ("type", type_name, existing.type_name),
-            ("durable", durable, existing.durable),
-            ("auto_delete", auto_delete, existing.auto_delete),
-            ("internal", internal, existing.internal),
-        ):
-            if received != current:
-                raise ChannelError(
-                    406,
-                    f"inequivalent arg '{field}' for {what}: received '{_render(received)}' "
-                    f"but current is '{_render(current)}'",
-                )
-        difference = _arguments_differ(arguments, existing.arguments)
-        if difference:
-            raise ChannelError(406, f"{difference} for {what}")
+        _check_equivalent(
+            existing.describe(),
+            (("type", type_name, existing.type_name),
+             ("durable", durable, existing.durable),
+             ("auto_delete", auto_delete, existing.auto_delete),
+             ("internal", internal, existing.internal)),
+            arguments,
+            existing.arguments,
+        )
         return existing
 
     def delete_exchange(self, name: str, if_unused: bool = False) -> None:
@@ -219,8 +232,10 @@ class VirtualHost:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, object] | None = None,
+        server_named: bool = False,
     ) -> Queue:
-        """queue.declare with RabbitMQ's checks; an empty name gets a server-generated one."""
+        """queue.declare with RabbitMQ's checks; an empty name gets a server-generated one
+        (``server_named`` says the caller already generated it)."""
         arguments = dict(arguments or {})
         if passive:
             queue = self.queue_or_404(name, connection)
@@ -228,26 +243,19 @@ class VirtualHost:
             return queue
         if not name:
             name = generate_name("amq.gen-")
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not server_named:
             raise ChannelError(403, f"queue name '{name}' contains reserved prefix 'amq.*'")
         existing = self.queues.get(name)
         if existing is not None:
             self.check_exclusive(existing, connection)
-            what = existing.describe()
-            for field, received, current in (
-                ("durable", durable, existing.durable),
-                ("exclusive", exclusive, existing.exclusive),
-                ("auto_delete", auto_delete, existing.auto_delete),
-            ):
-                if received != current:
-                    raise ChannelError(
-                        406,
-                        f"inequivalent arg '{field}' for {what}: received "
-                        f"'{_render(received)}' but current is '{_render(current)}'",
-                    )
-            difference = _arguments_differ(arguments, existing.arguments)
-            if difference:
-                raise ChannelError(406, f"{difference} for {what}")
+            _check_equivalent(
+                existing.describe(),
+                (("durable", durable, existing.durable),
+                 ("exclusive", exclusive, existing.exclusive),
+                 ("auto_delete", auto_delete, existing.auto_delete)),
+                arguments,
+                existing.arguments,
+            )
             existing.last_used = time.monotonic()
             return existing
         policy = parse_queue_arguments(

@@ -177,7 +177,7 @@ def test_cc_and_bcc(channel: Any, names: Any) -> None:
     channel.basic_publish(exchange, "to", b"memo", pika.BasicProperties(
         headers={"CC": ["cc"], "BCC": ["bcc"]}))
     for queue in queues:
-        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        _, properties, body = channel.basic_get(queue, auto_ack=True)
         assert body == b"memo"
         assert "BCC" not in (properties.headers or {})
         assert properties.headers["CC"] == ["cc"]

@@ -37,7 +37,8 @@ def declare(peer: Peer, name: str, **arguments: Any) -> list[tuple[int, Any]]:
 
 
 def closes(frames: list[tuple[int, Any]]) -> list[Any]:
-    return [v for _, v in frames if isinstance(v, commands.Channel.Close | commands.Connection.Close)]
+    kinds = commands.Channel.Close | commands.Connection.Close
+    return [v for _, v in frames if isinstance(v, kinds)]
 
 
 def tick(peer: Peer, seconds: float = 0.0) -> None:

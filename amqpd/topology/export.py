@@ -1,0 +1,167 @@
+"""The live topology of a broker as a YAML topology document (it round-trips: applying the
+export to an empty broker and exporting again gives the same document).
+
+Left out, as in RabbitMQ's definitions export: the default exchange and the ``amq.*``
+exchanges, exclusive and server-named (``amq.*``) queues and their bindings, and the default
+user (it comes from ``auth.default_user``/``default_pass``) unless configuration defines it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from amqpd.topology.apply import managed
+from amqpd.topology.model import (
+    BindingSpec,
+    DestinationType,
+    ExchangeSpec,
+    PermissionSpec,
+    QueueSpec,
+    Topology,
+    UserSpec,
+    VhostSpec,
+)
+
+if TYPE_CHECKING:
+    from amqpd.broker import Broker
+
+HEADER = "# amqpd topology (load with `amqpd --topology FILE` or `topology_file:`)\n"
+
+
+def _exportable_queue(queue: Any) -> bool:
+    return not queue.name.startswith("amq.") and queue.exclusive_owner is None and not getattr(
+        queue, "exclusive", False
+    )
+
+
+def topology_from_broker(broker: Broker) -> Topology:
+    """What the broker holds, as a :class:`Topology`."""
+    from amqpd.exchange import Exchange
+    from amqpd.queue import Queue
+
+    topology = Topology(where="broker")
+    for vhost_name in sorted(broker.vhosts):
+        vhost = broker.vhosts[vhost_name]
+        spec = VhostSpec(vhost_name, where="broker")
+        for name in sorted(vhost.exchanges):
+            exchange = vhost.exchanges[name]
+            if not name or name.startswith("amq."):
+                continue
+            spec.exchanges[name] = ExchangeSpec(
+                name, exchange.type_name, exchange.durable, exchange.auto_delete,
+                exchange.internal, dict(exchange.arguments), "broker",
+            )
+        for name in sorted(vhost.queues):
+            queue = vhost.queues[name]
+            if _exportable_queue(queue):
+                spec.queues[name] = QueueSpec(name, queue.durable, queue.auto_delete,
+                                              dict(queue.arguments), "broker")
+        for name in sorted(vhost.exchanges):
+            exchange = vhost.exchanges[name]
+            if exchange.kind is None:
+                continue
+            for binding in exchange.kind.bindings():
+                destination = binding.destination
+                kind: DestinationType
+                if isinstance(destination, Queue):
+                    if not _exportable_queue(destination):
+                        continue
+                    kind = "queue"
+                elif isinstance(destination, Exchange):
+                    kind = "exchange"
+                else:
+                    continue
+                spec.bindings.append(BindingSpec(
+                    name, destination.name, kind, binding.routing_key,
+                    _plain(binding.arguments), "broker",
+                ))
+        spec.bindings.sort(key=lambda b: (b.source, b.destination_type, b.destination,
+                                          b.routing_key, repr(sorted(b.arguments.items()))))
+        topology.vhosts[vhost_name] = spec
+    record = managed(broker)
+    default_user = broker.settings.default_user
+    for name in sorted(broker.users.users):
+        user = broker.users.users[name]
+        if name == default_user and name not in record.users:
+            continue
+        topology.users[name] = UserSpec(name, user.password_hash, list(user.tags), "broker")
+        for vhost_name in sorted(user.permissions):
+            permission = user.permissions[vhost_name]
+            topology.permissions.append(PermissionSpec(
+                name, vhost_name, permission.configure, permission.write, permission.read,
+                "broker",
+            ))
+    return topology
+
+
+def _plain(value: Any) -> Any:
+    """Argument tables as plain dicts/lists (bindings keep read-only views)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def topology_document(topology: Topology) -> dict[str, Any]:
+    """A topology as plain data in the YAML shape that :mod:`amqpd.topology.parse` reads."""
+    document: dict[str, Any] = {}
+    vhosts: dict[str, Any] = {}
+    for name, vhost in topology.vhosts.items():
+        body: dict[str, Any] = {}
+        if vhost.exchanges:
+            body["exchanges"] = {
+                e.name: _with_arguments({"type": e.type, "durable": e.durable,
+                                         "auto_delete": e.auto_delete, "internal": e.internal},
+                                        e.arguments)
+                for e in vhost.exchanges.values()
+            }
+        if vhost.queues:
+            body["queues"] = {
+                q.name: _with_arguments({"durable": q.durable, "auto_delete": q.auto_delete},
+                                        q.arguments)
+                for q in vhost.queues.values()
+            }
+        if vhost.bindings:
+            body["bindings"] = [
+                _with_arguments({"source": b.source, "destination": b.destination,
+                                 "destination_type": b.destination_type,
+                                 "routing_key": b.routing_key}, b.arguments)
+                for b in vhost.bindings
+            ]
+        vhosts[name] = body or None
+    if vhosts:
+        document["vhosts"] = vhosts
+    if topology.users:
+        document["users"] = [
+            {"name": u.name, "password_hash": u.password_hash, "tags": list(u.tags)}
+            for u in topology.users.values()
+        ]
+    if topology.permissions:
+        document["permissions"] = [
+            {"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
+             "read": p.read}
+            for p in topology.permissions
+        ]
+    return document
+
+
+def _with_arguments(fields: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    if arguments:
+        fields["arguments"] = _plain(arguments)
+    return fields
+
+
+def dump(topology: Topology, header: str = HEADER) -> str:
+    """A topology as YAML text."""
+    return header + yaml.safe_dump(topology_document(topology), sort_keys=False,
+                                   default_flow_style=False, allow_unicode=True, width=100)
+
+
+def export_topology(broker: Broker) -> str:
+    """The broker's live topology as YAML (``amqpd export-topology``)."""
+    return dump(topology_from_broker(broker))
