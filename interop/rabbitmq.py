@@ -270,11 +270,22 @@ def private_rabbitmq(port: int | None = None) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["start", "stop"])
+    parser.add_argument("command", choices=["start", "stop", "run"],
+                        help="run: start one, run the command after -- with AMQP_URL set, stop")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
                         help=f"where start records the instance for stop (default {DEFAULT_STATE})")
     parser.add_argument("--port", type=int, default=None, help="AMQP port (default: a free one)")
+    parser.add_argument("argv", nargs=argparse.REMAINDER,
+                        help="with run: -- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
+
+    if args.command == "run":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not command:
+            parser.error("run needs a command after --")
+        with private_rabbitmq() as url:
+            print(f"RabbitMQ at {url}", file=sys.stderr)
+            return subprocess.call(command, env=dict(os.environ, AMQP_URL=url))
 
     if args.command == "start":
         if args.state.exists():
