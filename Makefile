@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit interop test-rabbitmq bench clean
+.PHONY: run test lint typecheck unit interop test-rabbitmq test-crash bench clean
+.PHONY: image-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -34,8 +35,17 @@ typecheck: $(STAMP)
 test-rabbitmq: $(STAMP)
 	$(BIN)/python interop/rabbitmq.py run -- $(BIN)/python -m pytest -q interop
 
+# The kill -9 crash test, many rounds (make test runs two of each).
+test-crash: $(STAMP)
+	AMQPD_CRASH_ROUNDS=$${AMQPD_CRASH_ROUNDS:-50} $(BIN)/python -m pytest -q tests/test_crash.py
+
 bench: $(STAMP)
 	$(BIN)/python interop/bench.py --rabbitmq --rounds 3
+
+# Build the Dockerfile's image with buildah on a local Debian base and run it: pika, the
+# HEALTHCHECK, SIGTERM drain (root; installs buildah and debootstrap when missing).
+image-test: $(STAMP)
+	PYTHON=$(BIN)/python bash deploy/image_test.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

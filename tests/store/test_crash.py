@@ -22,7 +22,7 @@ from tests.store import Model, canonical
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUES = [("/", f"q{i}") for i in range(4)]
-ROUNDS = 4
+ROUNDS = 3
 
 
 def make_batch(number: int, model: Model) -> Batch:

@@ -7,6 +7,7 @@ entry lives, and an entry names a message put in the same batch or still stored.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from amqpd.store import (
 )
 from tests.store import Model, amqp_tables, canonical
 
+# More for a thorough run: STORE_EXAMPLES=2000 pytest tests/store/test_model.py
+EXAMPLES = int(os.environ.get("STORE_EXAMPLES", "50"))
 VHOSTS = ["/", "v"]
 QUEUES = ["q1", "q2", "q3"]
 EXCHANGES = ["e1", "e2"]
@@ -174,7 +177,7 @@ class Generator:
 
 
 @settings(
-    max_examples=int(__import__("os").environ.get("STORE_EXAMPLES", "80")),
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

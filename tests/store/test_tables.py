@@ -100,7 +100,7 @@ def test_damaged_bytes_are_a_value_error() -> None:
         decode_table(data + b"junk")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(amqp_tables)
 def test_any_table_round_trips(table: dict[str, object]) -> None:
     assert typed(decode_table(encode_table(table))) == typed(table)
