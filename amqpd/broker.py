@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from amqpd.auth import User, UserStore, hash_password
 from amqpd.journal import Journal
+from amqpd.paging import Pager
 from amqpd.settings import Settings
 from amqpd.vhost import VirtualHost
 
@@ -42,6 +43,7 @@ class Broker:
         limit = getattr(self.settings, "memory_high_watermark_bytes", None)
         self.memory_limit: int = limit or int(total_memory() * DEFAULT_MEMORY_FRACTION)
         self.memory_alarm = False
+        self.pager = Pager(self.journal, self.memory_limit // 2)
         self.alarm_listeners: list[Callable[[bool], None]] = []
         self.add_vhost(self.settings.default_vhost)
         default_user = self.settings.default_user
@@ -60,6 +62,7 @@ class Broker:
         """Switch to another journal (the persistent one, before any client connects)."""
         journal.queued_bytes = self.journal.queued_bytes
         self.journal = journal
+        self.pager.journal = journal
         for vhost in self.vhosts.values():
             vhost.journal = journal
 
@@ -68,7 +71,7 @@ class Broker:
         vhost = self.vhosts.get(name)
         if vhost is None:
             defaults = getattr(self.settings, "queue_defaults", None)
-            vhost = self.vhosts[name] = VirtualHost(name, self.journal, defaults)
+            vhost = self.vhosts[name] = VirtualHost(name, self.journal, defaults, self.pager)
         return vhost
 
     def check_memory(self) -> bool:

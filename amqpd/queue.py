@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from amqpd.message import Message, QueueEntry
+from amqpd.paging import KEEP_IN_MEMORY, READ_BACK, WRITE_CHUNK, Pager
 from amqpd.queue_arguments import QueuePolicy
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ class Queue:
         self.last_used = time.monotonic()
         self._expiries: list[tuple[float, int, QueueEntry]] = []
         self._seq = itertools.count()
+        # Paging (amqpd.paging): entries newer than every in-memory ready entry, oldest
+        # first -- ``paged`` of them in all, ``_spill_buffer`` the ones not written yet.
+        self.pager: Pager | None = None
+        self.paged = 0
+        self.paged_bytes = 0
+        self._spill_buffer: list[QueueEntry] = []
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={self.message_count} consumers={len(self.consumers)}>"
@@ -105,7 +112,7 @@ class Queue:
     @property
     def message_count(self) -> int:
         """Messages ready for delivery (what declare-ok and get-ok report)."""
-        return len(self.ready) - self.tombstones
+        return len(self.ready) - self.tombstones + self.paged
 
     def describe(self) -> str:
         """``queue 'name' in vhost '/'``, for reply texts."""
@@ -132,6 +139,11 @@ class Queue:
             ttl = message_ttl
         if ttl is not None:
             entry.expires_at = time.monotonic() + ttl / 1000.0
+        pager = self.pager
+        if self.paged or (pager is not None and pager.active and
+                          len(self.ready) - self.tombstones >= KEEP_IN_MEMORY):
+            self._spill(entry, pager)
+            return True
         self._append(entry)
         if self.consumers:
             self.dispatch()
@@ -151,6 +163,38 @@ class Queue:
         """New entries get positions after ``seq`` (after recovery)."""
         self._seq = itertools.count(seq + 1)
 
+    def _spill(self, entry: QueueEntry, pager: Pager | None) -> None:
+        """Page a new entry out: it joins the spill buffer, written to disk in chunks."""
+        assert pager is not None
+        if self.hooks is not None:
+            self.hooks.entry_added(self, entry)  # persistence sees it like any other
+        pager.spilled(entry)
+        self.paged += 1
+        self.paged_bytes += entry.message.size
+        buffer = self._spill_buffer
+        buffer.append(entry)
+        if len(buffer) >= WRITE_CHUNK:
+            pager.file.write(self, buffer)
+            self._spill_buffer = []
+
+    def _page_in(self) -> None:
+        """Bring the oldest paged entries back into memory (file first, then the buffer)."""
+        pager = self.pager
+        assert pager is not None
+        on_disk = self.paged - len(self._spill_buffer)
+        if on_disk:
+            entries = pager.file.read(self, READ_BACK)
+        else:
+            entries, self._spill_buffer = self._spill_buffer, []
+        for entry in entries:
+            self.paged -= 1
+            self.paged_bytes -= entry.message.size
+            pager.loaded(entry)
+            self.ready.append(entry)
+            self.ready_bytes += entry.message.size
+            if entry.expires_at is not None:
+                heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
+
     def _append(self, entry: QueueEntry) -> None:
         self.ready.append(entry)
         self.ready_bytes += entry.message.size
@@ -166,7 +210,8 @@ class Queue:
 
         def too_full() -> bool:
             return (max_length is not None and self.message_count + 1 > max_length) or (
-                max_bytes is not None and self.ready_bytes + message.size > max_bytes
+                max_bytes is not None
+                and self.ready_bytes + self.paged_bytes + message.size > max_bytes
             )
 
         if not too_full():
@@ -185,6 +230,8 @@ class Queue:
 
     def _pop_ready(self) -> QueueEntry | None:
         ready = self.ready
+        if self.paged and len(ready) - self.tombstones < READ_BACK // 2:
+            self._page_in()
         while ready:
             entry = ready.popleft()
             if entry.state is GONE:
@@ -340,7 +387,7 @@ class Queue:
         """Drop every ready message; returns how many."""
         count = self.message_count
         while True:
-            entry = self._pop_ready()
+            entry = self._pop_ready()  # pages the tail back in, so it is removed too
             if entry is None:
                 break
             self._remove(entry, None)
@@ -381,6 +428,10 @@ class Queue:
         self._expiries.clear()
         self.tombstones = 0
         self.ready_bytes = 0
+        if self.pager is not None and self.paged:
+            self.pager.drop(self)
+        self.paged = self.paged_bytes = 0
+        self._spill_buffer = []
 
 
 def _by_seq(entry: QueueEntry) -> int:

@@ -29,6 +29,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from amqpd.broker import Broker
 from amqpd.connection import Connection
+from amqpd.paging import FILENAME as PAGING_FILENAME
 from amqpd.persistence import PersistentJournal, recover
 from amqpd.protocol.constants import CONNECTION_FORCED
 from amqpd.store import Store, StoreError, open_store
@@ -353,7 +354,9 @@ def open_and_recover(broker: Broker) -> Store:
     Raises:
         StoreError: with a message naming the file when it cannot be used.
     """
-    store = open_store(Path(broker.settings.data_dir))
+    data_dir = Path(broker.settings.data_dir)
+    store = open_store(data_dir)
+    broker.pager.path = data_dir / PAGING_FILENAME
     snapshot = store.load()
     journal = PersistentJournal(store, snapshot.next_message_id)
     broker.use_journal(journal)
@@ -407,4 +410,5 @@ def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> 
         return 1
     finally:
         store.close()
+        broker.pager.close()
     return 0

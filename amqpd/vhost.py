@@ -20,6 +20,7 @@ from amqpd.deadletter import dead_lettered, is_cycle
 from amqpd.exchange import Exchange
 from amqpd.journal import Journal
 from amqpd.message import Message, QueueEntry
+from amqpd.paging import Pager
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.queue import Queue
 from amqpd.queue_arguments import parse_queue_arguments
@@ -86,11 +87,16 @@ class VirtualHost:
     """Exchanges and queues of one vhost."""
 
     def __init__(
-        self, name: str, journal: Journal | None = None, defaults: QueueDefaults | None = None
+        self,
+        name: str,
+        journal: Journal | None = None,
+        defaults: QueueDefaults | None = None,
+        pager: Pager | None = None,
     ):
         self.name = name
         self.journal = journal or Journal()
         self.queue_defaults = defaults
+        self.pager = pager
         # Queues that may need the ticker: messages with a TTL, or an x-expires policy.
         self._timed_queues: set[Queue] = set()
         self.exchanges: dict[str, Exchange] = {}
@@ -271,6 +277,7 @@ class VirtualHost:
             policy=policy,
             hooks=self,
         )
+        queue.pager = self.pager
         self.queues[name] = queue
         if policy.expires is not None:
             self._timed_queues.add(queue)
@@ -366,7 +373,7 @@ class VirtualHost:
         self.queues.pop(queue.name, None)
         self._unbind_everywhere(queue)
         consumers = list(queue.consumers)
-        self.journal.queue_deleted(queue, queue.ready_bytes, queue.message_count)
+        self.journal.queue_deleted(queue, queue.ready_bytes, len(queue.ready) - queue.tombstones)
         queue.on_deleted()
         for consumer in consumers:
             consumer.channel.cancel_by_server(consumer)
