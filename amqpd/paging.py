@@ -137,6 +137,7 @@ class Pager:
         self.budget = budget
         self.path = path
         self._file: SpillFile | None = None
+        self.spilled_entries = 0  # across all queues, buffered or in the file
 
     @property
     def active(self) -> bool:
@@ -146,10 +147,21 @@ class Pager:
     def spilled(self, entry: QueueEntry) -> None:
         """An entry left memory for the spill buffer (the journal counted it in)."""
         self.journal.queued_bytes -= entry.message.size + ENTRY_OVERHEAD
+        self.spilled_entries += 1
 
     def loaded(self, entry: QueueEntry) -> None:
         """A spilled entry is back in memory."""
         self.journal.queued_bytes += entry.message.size + ENTRY_OVERHEAD
+        self.spilled_entries -= 1
+        if not self.spilled_entries:
+            self._release_file()
+
+    def _release_file(self) -> None:
+        # Deleted rows do not shrink a SQLite file: when nothing is spilled any more, the
+        # file goes, so a drained backlog gives its disk space back.
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     @property
     def file(self) -> SpillFile:
@@ -159,9 +171,12 @@ class Pager:
             self._file = SpillFile(self.path)
         return self._file
 
-    def drop(self, queue: object) -> None:
-        """A queue was deleted."""
-        if self._file is not None:
+    def drop(self, queue: object, entries: int) -> None:
+        """A queue with ``entries`` spilled entries was deleted."""
+        self.spilled_entries -= entries
+        if not self.spilled_entries:
+            self._release_file()
+        elif self._file is not None:
             self._file.drop(queue)
 
     def close(self) -> None:

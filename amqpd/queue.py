@@ -429,7 +429,7 @@ class Queue:
         self.tombstones = 0
         self.ready_bytes = 0
         if self.pager is not None and self.paged:
-            self.pager.drop(self)
+            self.pager.drop(self, self.paged)
         self.paged = self.paged_bytes = 0
         self._spill_buffer = []
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pamqp import commands
 
 from amqpd.broker import Broker
@@ -89,3 +91,14 @@ def test_max_length_counts_paged_messages() -> None:
     publish_many(peer, "q", 4000)
     bodies = get_all(peer, "q")
     assert bodies == [str(n).encode() for n in range(1000, 4000)]
+
+
+def test_scratch_file_goes_when_the_backlog_is_drained(tmp_path: Path) -> None:
+    peer = paging_peer()
+    peer.broker.pager.path = tmp_path / "paging.sqlite3"
+    peer.send(1, commands.Queue.Declare(queue="q"))
+    publish_many(peer, "q", KEEP_IN_MEMORY + 3000)
+    assert (tmp_path / "paging.sqlite3").exists()
+    get_all(peer, "q")
+    assert not (tmp_path / "paging.sqlite3").exists()
+    assert peer.broker.pager.spilled_entries == 0
