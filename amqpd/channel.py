@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from amqpd.connection import Connection
 
 
+# Ready messages in a consumed queue above which its publishers yield to its consumers.
+FLOW_BACKLOG = 1000
+
+
 class ChannelState(enum.Enum):
     """Lifecycle of a channel."""
 
@@ -275,6 +279,10 @@ class Channel:
             for queue in queues:
                 if not queue.push(message):
                     accepted = False
+                if queue.consumers and len(queue.ready) > FLOW_BACKLOG:
+                    # Consumers are falling behind this publisher: the shell yields to
+                    # them before reading more from it (RabbitMQ's flow control, lighter).
+                    self.connection.flow_pressure = True
         elif fields.mandatory:
             self.connection.write_return(self.id, 312, "NO_ROUTE", message)
         return accepted

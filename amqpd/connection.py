@@ -119,6 +119,8 @@ class Connection:
         self.close_reason: str | None = None
         # Set once the client publishes: only publishers are blocked by a memory alarm.
         self.is_publisher = False
+        # Set when this connection published into a consumed queue with a backlog.
+        self.flow_pressure = False
         self.blocked_sent = False
         self._discard_input = False
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
@@ -37,8 +38,11 @@ from amqpd.tls import peer_common_name, server_context
 
 LOGGER = logging.getLogger(__name__)
 
-_RECEIVE_SIZE = 256 * 1024
+_RECEIVE_SIZE = 64 * 1024
 _ACCEPT_ERRORS_BACKOFF = 0.1
+# Loop turns a publisher gives up after feeding a backlogged, consumed queue: enough for a
+# consumer's ack to arrive and its next deliveries to be written.
+_FLOW_YIELDS = 3
 
 
 class Session:
@@ -86,6 +90,10 @@ class Session:
             while not connection.finished:
                 data = await receive(_RECEIVE_SIZE)
                 connection.data_received(data)
+                if connection.flow_pressure:
+                    connection.flow_pressure = False
+                    for _ in range(_FLOW_YIELDS):
+                        await anyio.lowlevel.checkpoint()
                 if broker.check_memory() and connection.is_publisher:
                     # Memory alarm: stop reading from publishers until it clears; consumers'
                     # connections keep reading, so acks drain the queues.
