@@ -168,7 +168,6 @@ def _prepare_dir(base: Path) -> None:
 
 def start(port: int | None = None, timeout: float = 90.0) -> Instance:
     """Boot a private RabbitMQ node and wait until it accepts AMQP connections."""
-    server = _find(SERVER_CANDIDATES, "rabbitmq-server")
     amqp_port, dist_port = _pick_ports()
     if port is not None:
         amqp_port = port
@@ -182,7 +181,15 @@ def start(port: int | None = None, timeout: float = 90.0) -> Instance:
         base_dir=str(base),
         pid=0,
     )
-    out = open(base / "server.out", "wb")  # noqa: SIM115 - handed to the child
+    boot(inst, timeout)
+    return inst
+
+
+def boot(inst: Instance, timeout: float = 90.0) -> None:
+    """Start the node of ``inst`` (again: its data directory is kept) and wait for AMQP."""
+    server = _find(SERVER_CANDIDATES, "rabbitmq-server")
+    base = Path(inst.base_dir)
+    out = open(base / "server.out", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [server],
         env=inst.env(),
@@ -203,8 +210,7 @@ def start(port: int | None = None, timeout: float = 90.0) -> Instance:
             _kill(inst)
             shutil.rmtree(base, ignore_errors=True)
             raise RuntimeError(f"private RabbitMQ {reason}; output:\n{tail}")
-        time.sleep(0.25)
-    return inst
+        time.sleep(0.05)
 
 
 def _kill(inst: Instance) -> None:
@@ -230,8 +236,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stop(inst: Instance, timeout: float = 60.0) -> None:
-    """``rabbitmqctl -n NODE stop PIDFILE`` (waits for the node to exit), then clean up."""
+def stop(inst: Instance, timeout: float = 60.0, keep_data: bool = False) -> None:
+    """``rabbitmqctl -n NODE stop PIDFILE`` (waits for the node to exit), then clean up
+    (``keep_data``: leave the data directory for :func:`boot`)."""
     ctl = _find(CTL_CANDIDATES, "rabbitmqctl")
     try:
         subprocess.run(
@@ -247,7 +254,8 @@ def stop(inst: Instance, timeout: float = 60.0) -> None:
     finally:
         if _alive(inst.pid) or _port_in_use(inst.port):
             _kill(inst)
-        shutil.rmtree(inst.base_dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(inst.base_dir, ignore_errors=True)
 
 
 def _port_in_use(port: int) -> bool:
