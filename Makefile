@@ -39,8 +39,10 @@ test-rabbitmq: $(STAMP)
 test-crash: $(STAMP)
 	AMQPD_CRASH_ROUNDS=$${AMQPD_CRASH_ROUNDS:-50} $(BIN)/python -m pytest -q tests/test_crash.py
 
+# amqpd and Debian's RabbitMQ (installed if missing) side by side, medians of 3 rounds, every
+# scenario; the table goes to interop/results/. Not a test: timings never fail a build.
 bench: $(STAMP)
-	$(BIN)/python interop/bench.py --rabbitmq --rounds 3
+	$(BIN)/python interop/bench_all.py --rounds 3
 
 # Build the Dockerfile's image with buildah on a local Debian base and run it: pika, the
 # HEALTHCHECK, SIGTERM drain (root; installs buildah and debootstrap when missing).
