@@ -499,6 +499,13 @@ class Connection:
                 f"number of channels opened ({len(self.channels)}) has reached the "
                 f"negotiated channel_max ({self.channel_max})",
             )
+        limit = self.settings.max_channels_per_connection
+        if limit and len(self.channels) >= limit:
+            raise ConnectionLevelError(
+                530,
+                f"number of channels opened ({len(self.channels)}) has reached the limit of "
+                f"{limit} channels per connection (limits.max_channels_per_connection)",
+            )
         self.channels[channel_id] = Channel(self, channel_id)
         self.write_method(channel_id, commands.Channel.OpenOk())
 

@@ -427,3 +427,15 @@ def test_exclusive_queue_is_locked_for_other_connections() -> None:
     assert close.reply_code == 405
     owner.send(0, commands.Connection.Close(200, "", 0, 0))
     assert "mine" not in broker.vhosts["/"].queues
+
+
+def test_max_channels_per_connection_is_530() -> None:
+    settings = Settings()
+    settings.max_channels_per_connection = 2
+    peer = Peer(Broker(settings))
+    peer.handshake()
+    peer.open_channel(1)
+    peer.open_channel(2)
+    close = close_of(peer.send(3, commands.Channel.Open()))
+    assert close.reply_code == 530
+    assert "max_channels_per_connection" in close.reply_text
