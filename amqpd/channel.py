@@ -22,9 +22,9 @@ from pamqp.base import Frame as Method
 
 from amqpd import routing
 from amqpd.consumer import Consumer
+from amqpd.declarations import DeclarationMethods
 from amqpd.lease import LEASE_EXCHANGE, parse_lease
 from amqpd.message import Message, QueueEntry, route_for
-from amqpd.permissions import authorize
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.queue import Queue
@@ -76,7 +76,7 @@ def parse_expiration(value: object) -> int:
                        60, 40)
 
 
-class Channel:
+class Channel(DeclarationMethods):
     """State and handlers of one channel of a connection."""
 
     def __init__(self, connection: Connection, channel_id: int):
@@ -103,11 +103,6 @@ class Channel:
         self.transaction: Transaction | None = None
         # Deliveries have ack deadlines only when some queue asks for a consumer timeout.
         self.has_deadlines = False
-
-    @property
-    def vhost(self) -> Any:
-        """The connection's virtual host."""
-        return self.connection.vhost
 
     @property
     def expecting_content(self) -> bool:
@@ -251,10 +246,6 @@ class Channel:
     def _durable_confirms_ready(self) -> None:
         if self.state is ChannelState.OPEN and self.connection.channels.get(self.id) is self:
             self.flush_confirms()
-
-    def _allow(self, permission: Any, kind: Any, name: str) -> None:
-        """RabbitMQ's configure / write / read permission check (403 naming the resource)."""
-        authorize(self.connection.user, self.connection.vhost.name, permission, kind, name)
 
     def _check_exchange(self, name: str) -> Any:
         vhost = self.connection.vhost
@@ -534,134 +525,6 @@ class Channel:
         for consumer in list(self.consumers.values()):
             if consumer.queue.ready:
                 consumer.queue.dispatch()
-
-    # -- exchange class ----------------------------------------------------------------
-
-    def on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
-        """exchange.declare."""
-        if not method.passive:
-            self._allow("configure", "exchange", method.exchange)
-            alternate = (method.arguments or {}).get("alternate-exchange")
-            if isinstance(alternate, str):
-                self._allow("write", "exchange", alternate)
-                self._allow("read", "exchange", method.exchange)
-        self.vhost.declare_exchange(
-            method.exchange,
-            method.exchange_type,
-            passive=method.passive,
-            durable=method.durable,
-            auto_delete=method.auto_delete,
-            internal=method.internal,
-            arguments=method.arguments,
-        )
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Exchange.DeclareOk())
-
-    def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
-        """exchange.delete."""
-        self._allow("configure", "exchange", method.exchange)
-        self.vhost.delete_exchange(method.exchange, method.if_unused)
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Exchange.DeleteOk())
-
-    def on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
-        """exchange.bind (RabbitMQ extension): source -> destination."""
-        self._allow("write", "exchange", method.destination)
-        self._allow("read", "exchange", method.source)
-        destination = self.vhost.destination_exchange(method.destination)
-        self.vhost.bind(method.source, destination, method.routing_key, method.arguments)
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Exchange.BindOk())
-
-    def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
-        """exchange.unbind."""
-        self._allow("write", "exchange", method.destination)
-        self._allow("read", "exchange", method.source)
-        destination = self.vhost.destination_exchange(method.destination)
-        self.vhost.unbind(method.source, destination, method.routing_key, method.arguments)
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Exchange.UnbindOk())
-
-    # -- queue class -------------------------------------------------------------------
-
-    def on_queue_declare(self, method: commands.Queue.Declare) -> None:
-        """queue.declare."""
-        name = method.queue
-        server_named = not name and not method.passive
-        if not method.passive:
-            if server_named:
-                name = generate_name("amq.gen-")
-            self._allow("configure", "queue", name)
-            dead_letter_exchange = (method.arguments or {}).get("x-dead-letter-exchange")
-            if isinstance(dead_letter_exchange, str):
-                self._allow("write", "exchange", dead_letter_exchange)
-                self._allow("read", "queue", name)
-        queue = self.vhost.declare_queue(
-            name,
-            self.connection,
-            passive=method.passive,
-            durable=method.durable,
-            exclusive=method.exclusive,
-            auto_delete=method.auto_delete,
-            arguments=method.arguments,
-            server_named=server_named,
-        )
-        self.connection.last_queue_name = queue.name
-        if not method.nowait:
-            self.connection.write_method(
-                self.id,
-                commands.Queue.DeclareOk(queue.name, queue.message_count, len(queue.consumers)),
-            )
-
-    def _queue_name(self, name: str) -> str:
-        # AMQP 0-9-1: an empty queue name means the last queue declared on the channel.
-        if name:
-            return name
-        last = self.connection.last_queue_name
-        if last is None:
-            raise ChannelError(404, "no previously declared queue")
-        return last
-
-    def on_queue_bind(self, method: commands.Queue.Bind) -> None:
-        """queue.bind."""
-        name = self._queue_name(method.queue)
-        self._allow("write", "queue", name)
-        self._allow("read", "exchange", method.exchange)
-        queue = self.vhost.queue_or_404(name, self.connection)
-        self.vhost.bind(method.exchange, queue, method.routing_key, method.arguments)
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Queue.BindOk())
-
-    def on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
-        """queue.unbind; unbinding something missing succeeds (RabbitMQ)."""
-        vhost = self.vhost
-        name = self._queue_name(method.queue)
-        self._allow("write", "queue", name)
-        self._allow("read", "exchange", method.exchange)
-        queue = vhost.queues.get(name)
-        if queue is not None and vhost.get_exchange(method.exchange) is not None:
-            vhost.check_exclusive(queue, self.connection)
-            vhost.unbind(method.exchange, queue, method.routing_key, method.arguments)
-        elif method.exchange == "":
-            raise ChannelError(403, "operation not permitted on the default exchange")
-        self.connection.write_method(self.id, commands.Queue.UnbindOk())
-
-    def on_queue_purge(self, method: commands.Queue.Purge) -> None:
-        """queue.purge: drop ready messages (unacked ones stay)."""
-        name = self._queue_name(method.queue)
-        self._allow("read", "queue", name)
-        queue = self.vhost.queue_or_404(name, self.connection)
-        count = queue.purge()
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Queue.PurgeOk(count))
-
-    def on_queue_delete(self, method: commands.Queue.Delete) -> None:
-        """queue.delete with if-unused / if-empty."""
-        name = self._queue_name(method.queue)
-        self._allow("configure", "queue", name)
-        count = self.vhost.delete_queue(name, self.connection, method.if_unused, method.if_empty)
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Queue.DeleteOk(count))
 
     # -- basic class -------------------------------------------------------------------
 

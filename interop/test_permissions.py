@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import aio_pika
 import aiormq
@@ -19,12 +18,6 @@ from amqpd.auth import hash_password
 
 pytestmark = pytest.mark.amqpd_only
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The channel handlers call amqpd.permissions.authorize (wired by the core's channel.py).
-WIRED = "authorize(" in (REPO_ROOT / "amqpd" / "channel.py").read_text()
-needs_wiring = pytest.mark.skipif(
-    not WIRED, reason="amqpd.permissions.authorize is not called from amqpd/channel.py yet"
-)
 
 CONFIG = f"""
 vhosts: [other]
@@ -99,7 +92,6 @@ def test_aio_pika_vhost_refused(broker: ConfigBroker) -> None:
     asyncio.run(scenario())
 
 
-@needs_wiring
 def test_declare_needs_configure(alice: pika.BlockingConnection) -> None:
     channel = alice.channel()
     channel.queue_declare("alice-tasks")
@@ -117,7 +109,6 @@ def test_declare_needs_configure(alice: pika.BlockingConnection) -> None:
         "'alice'")
 
 
-@needs_wiring
 def test_publish_needs_write_on_the_exchange(alice: pika.BlockingConnection) -> None:
     channel = alice.channel()
     channel.queue_declare("alice-inbox")
@@ -129,7 +120,6 @@ def test_publish_needs_write_on_the_exchange(alice: pika.BlockingConnection) -> 
         "ACCESS_REFUSED - access to exchange 'locked' in vhost '/' refused for user 'alice'")
 
 
-@needs_wiring
 def test_get_and_consume_need_read_on_the_queue(alice: pika.BlockingConnection) -> None:
     channel = alice.channel()
     with pytest.raises(ChannelClosedByBroker) as info:
@@ -142,7 +132,6 @@ def test_get_and_consume_need_read_on_the_queue(alice: pika.BlockingConnection) 
     assert info.value.reply_code == 403
 
 
-@needs_wiring
 def test_bind_needs_write_on_queue_and_read_on_exchange(alice: pika.BlockingConnection) -> None:
     channel = alice.channel()
     channel.queue_declare("alice-news")
@@ -158,7 +147,6 @@ def test_bind_needs_write_on_queue_and_read_on_exchange(alice: pika.BlockingConn
         "ACCESS_REFUSED - access to queue 'locked-q' in vhost '/' refused for user 'alice'")
 
 
-@needs_wiring
 def test_aio_pika_sees_the_same_refusal(broker: ConfigBroker) -> None:
     async def scenario() -> None:
         connection = await aio_pika.connect(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import socket
 import ssl
 import warnings
@@ -16,12 +15,7 @@ import pika
 import pytest
 from config_broker import Certificates, ConfigBroker, make_certificates
 
-from amqpd.connection import Connection
-
 pytestmark = pytest.mark.amqpd_only
-
-# SASL EXTERNAL needs the core to take the certificate's CN (Connection(tls_peer_cn=...)).
-EXTERNAL_WIRED = "tls_peer_cn" in inspect.signature(Connection).parameters
 
 
 def tls_config(certs: Certificates, *, fail_if_no_peer_cert: bool = False) -> str:
@@ -162,8 +156,6 @@ def test_untrusted_client_certificate_is_refused(
             raise ConnectionResetError("closed")
 
 
-@pytest.mark.skipif(not EXTERNAL_WIRED,
-                    reason="amqpd.connection.Connection does not take tls_peer_cn yet")
 def test_external_auth_with_a_client_certificate(broker: ConfigBroker,
                                                  certs: Certificates) -> None:
     params = tls_params(broker, client_context(certs))
@@ -175,8 +167,6 @@ def test_external_auth_with_a_client_certificate(broker: ConfigBroker,
         connection.close()
 
 
-@pytest.mark.skipif(not EXTERNAL_WIRED,
-                    reason="amqpd.connection.Connection does not take tls_peer_cn yet")
 def test_external_is_not_offered_without_a_certificate(broker: ConfigBroker,
                                                        certs: Certificates) -> None:
     params = tls_params(broker, client_context(certs, with_certificate=False))
@@ -185,8 +175,6 @@ def test_external_is_not_offered_without_a_certificate(broker: ConfigBroker,
         pika.BlockingConnection(params)
 
 
-@pytest.mark.skipif(not EXTERNAL_WIRED,
-                    reason="amqpd.connection.Connection does not take tls_peer_cn yet")
 def test_aio_pika_external(broker: ConfigBroker, certs: Certificates) -> None:
     async def scenario() -> None:
         connection = await aio_pika.connect(
