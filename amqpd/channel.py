@@ -271,9 +271,9 @@ class Channel(DeclarationMethods):
                 if not queue.push(message):
                     accepted = False
                 if queue.consumers and len(queue.ready) > FLOW_BACKLOG:
-                    # Consumers are falling behind this publisher: the shell yields to
-                    # them before reading more from it (RabbitMQ's flow control, lighter).
-                    self.connection.flow_pressure = True
+                    # Consumers are falling behind this publisher: the shell lets them
+                    # catch up before reading more from it (RabbitMQ's flow control).
+                    self.connection.flow_queues.add(queue)
         elif fields.mandatory:
             self.connection.write_return(self.id, 312, "NO_ROUTE", message)
         return accepted
@@ -415,6 +415,14 @@ class Channel(DeclarationMethods):
     def on_basic_ack(self, method: commands.Basic.Ack) -> None:
         """basic.ack: the deliveries are done."""
         self._settle_or_hold(method.delivery_tag or 0, bool(method.multiple), None)
+
+    def acknowledge(self, delivery_tag: int, multiple: bool) -> None:
+        """basic.ack from the connection's fast path (same checks and errors)."""
+        try:
+            self._settle_or_hold(delivery_tag, multiple, None)
+        except ChannelError as exc:
+            exc.class_id, exc.method_id = 60, 80
+            raise
 
     def on_basic_nack(self, method: commands.Basic.Nack) -> None:
         """basic.nack: requeue, or drop / dead-letter."""

@@ -27,7 +27,7 @@ from pamqp.base import Frame as Method
 
 from amqpd import __version__
 from amqpd.auth import AuthError, mechanisms_for
-from amqpd.channel import Channel, ChannelState
+from amqpd.channel import FLOW_BACKLOG, Channel, ChannelState
 from amqpd.message import Message, QueueEntry
 from amqpd.permissions import check_vhost_access
 from amqpd.protocol import codec
@@ -46,12 +46,15 @@ from amqpd.protocol.framing import FrameReader
 
 if TYPE_CHECKING:
     from amqpd.broker import Broker
+    from amqpd.queue import Queue
     from amqpd.vhost import VirtualHost
 
 LOGGER = logging.getLogger(__name__)
 
 _FRAME_START = struct.Struct(">BHI")
 _PUBLISH_PREFIX = b"\x00\x3c\x00\x28"
+_ACK_PREFIX = b"\x00\x3c\x00\x50"
+_ACK_ARGUMENTS = struct.Struct(">QB")
 
 
 class ConnectionState(enum.Enum):
@@ -119,8 +122,8 @@ class Connection:
         self.close_reason: str | None = None
         # Set once the client publishes: only publishers are blocked by a memory alarm.
         self.is_publisher = False
-        # Set when this connection published into a consumed queue with a backlog.
-        self.flow_pressure = False
+        # Consumed queues with a backlog this connection published into (flow control).
+        self.flow_queues: set[Queue] = set()
         self.blocked_sent = False
         self._discard_input = False
 
@@ -213,6 +216,14 @@ class Connection:
         )
         self._append_content(channel, message)
 
+    def flow_blocked(self) -> bool:
+        """True while a queue this connection fed still has a backlog and consumers."""
+        queues = self.flow_queues
+        for queue in list(queues):
+            if queue.deleted or not queue.consumers or len(queue.ready) <= FLOW_BACKLOG // 2:
+                queues.discard(queue)
+        return bool(queues)
+
     def set_blocked(self, blocked: bool) -> None:
         """Tell a publishing client that the broker is (no longer) blocking it."""
         if blocked and self.is_publisher and not self.blocked_sent and \
@@ -277,8 +288,14 @@ class Connection:
                 if channel is not None and channel.state is ChannelState.OPEN:
                     try:
                         if frame_type == FRAME_METHOD:
-                            if payload[:4] == _PUBLISH_PREFIX and not channel.expecting_content:
+                            prefix = payload[:4]
+                            if prefix == _PUBLISH_PREFIX and not channel.expecting_content:
                                 channel.begin_publish(codec.decode_publish_cached(payload))
+                            elif (prefix == _ACK_PREFIX and len(payload) == 13
+                                  and not channel.expecting_content):
+                                # basic.ack is as hot as publish on a consuming connection.
+                                delivery_tag, bits = _ACK_ARGUMENTS.unpack_from(payload, 4)
+                                channel.acknowledge(delivery_tag, bool(bits & 1))
                             else:
                                 self._channel_method(channel, payload)
                         elif frame_type == FRAME_BODY:

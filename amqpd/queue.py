@@ -243,7 +243,7 @@ class Queue:
 
     def _next_consumer(self) -> Consumer | None:
         consumers = self.consumers
-        if self.policy.single_active_consumer:
+        if len(consumers) == 1 or self.policy.single_active_consumer:
             active = consumers[0]
             return active if active.can_take() else None
         for _ in range(len(consumers)):

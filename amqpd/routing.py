@@ -47,8 +47,11 @@ def sender_selected_keys(message: Message) -> list[str]:
 
 
 def has_sender_selected(message: Message) -> bool:
-    """Cheap byte scan before decoding the headers table: most messages carry no CC/BCC."""
+    """Cheap checks before decoding the headers table: most messages carry no headers, and
+    most headers no CC/BCC."""
     payload = message.header_payload
+    if not payload[12] & 0x20:  # the headers bit of the first property-flags word
+        return False
     return b"\x02CC" in payload or b"\x03BCC" in payload
 
 

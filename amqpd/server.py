@@ -14,6 +14,7 @@ more until its writer drains it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -40,9 +41,10 @@ LOGGER = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 64 * 1024
 _ACCEPT_ERRORS_BACKOFF = 0.1
-# Loop turns a publisher gives up after feeding a backlogged, consumed queue: enough for a
-# consumer's ack to arrive and its next deliveries to be written.
-_FLOW_YIELDS = 3
+# Seconds a publisher may be held back (per read) while consumers of a queue it feeds
+# catch up with its backlog.
+_FLOW_MAX_PAUSE = 0.002
+_GC_THRESHOLDS = (100_000, 50, 100)
 
 
 class Session:
@@ -90,10 +92,14 @@ class Session:
             while not connection.finished:
                 data = await receive(_RECEIVE_SIZE)
                 connection.data_received(data)
-                if connection.flow_pressure:
-                    connection.flow_pressure = False
-                    for _ in range(_FLOW_YIELDS):
+                if connection.flow_queues:
+                    # Flow control: give the consumers of the queues this publisher is
+                    # outrunning the CPU until they catch up, for a few ms at most -- a
+                    # stalled consumer must not stop publishing (buffering comes first).
+                    deadline = time.monotonic() + _FLOW_MAX_PAUSE
+                    while connection.flow_blocked() and time.monotonic() < deadline:
                         await anyio.lowlevel.checkpoint()
+                    connection.flow_queues.clear()
                 if broker.check_memory() and connection.is_publisher:
                     # Memory alarm: stop reading from publishers until it clears; consumers'
                     # connections keep reading, so acks drain the queues.
@@ -398,6 +404,10 @@ def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> 
             store.close()
             return 1
     server = Server(broker, announce, store)
+    # A broker holds millions of long-lived, acyclic objects (queued messages): with the
+    # default thresholds the cyclic collector rescans them all the time (measured: 14% of
+    # the CPU of an end-to-end run). Collect young objects far less often instead.
+    gc.set_threshold(*_GC_THRESHOLDS)
 
     def announce_tls(host: str, port: int) -> None:
         print(f"amqpd listening on {host}:{port} (tls)", flush=True)  # noqa: T201

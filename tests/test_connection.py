@@ -439,3 +439,30 @@ def test_max_channels_per_connection_is_530() -> None:
     close = close_of(peer.send(3, commands.Channel.Open()))
     assert close.reply_code == 530
     assert "max_channels_per_connection" in close.reply_text
+
+
+def test_flow_control_marks_publishers_outrunning_consumers() -> None:
+    from amqpd.channel import FLOW_BACKLOG
+
+    peer = Peer()
+    peer.handshake()
+    peer.open_channel()
+    peer.send(1, commands.Queue.Declare(queue="q"), commands.Basic.Qos(prefetch_count=1),
+              commands.Basic.Consume(queue="q", consumer_tag="slow"))
+    for _ in range(FLOW_BACKLOG + 10):
+        peer.publish(1, "", "q", b"x")
+    assert peer.connection.flow_blocked()
+    peer.send(1, commands.Queue.Purge(queue="q"))
+    assert not peer.connection.flow_blocked()
+
+
+def test_no_flow_control_without_consumers() -> None:
+    from amqpd.channel import FLOW_BACKLOG
+
+    peer = Peer()
+    peer.handshake()
+    peer.open_channel()
+    peer.send(1, commands.Queue.Declare(queue="q"))
+    for _ in range(FLOW_BACKLOG + 10):
+        peer.publish(1, "", "q", b"x")
+    assert not peer.connection.flow_blocked()  # buffering is the point
