@@ -53,8 +53,7 @@ LOGGER = logging.getLogger(__name__)
 
 _FRAME_START = struct.Struct(">BHI")
 _PUBLISH_PREFIX = b"\x00\x3c\x00\x28"
-_ACK_PREFIX = b"\x00\x3c\x00\x50"
-_ACK_ARGUMENTS = struct.Struct(">QB")
+
 
 
 class ConnectionState(enum.Enum):
@@ -291,11 +290,10 @@ class Connection:
                             prefix = payload[:4]
                             if prefix == _PUBLISH_PREFIX and not channel.expecting_content:
                                 channel.begin_publish(codec.decode_publish_cached(payload))
-                            elif (prefix == _ACK_PREFIX and len(payload) == 13
+                            elif (prefix == codec.ACK_PREFIX and len(payload) == 13
                                   and not channel.expecting_content):
                                 # basic.ack is as hot as publish on a consuming connection.
-                                delivery_tag, bits = _ACK_ARGUMENTS.unpack_from(payload, 4)
-                                channel.acknowledge(delivery_tag, bool(bits & 1))
+                                channel.acknowledge(*codec.decode_ack(payload))
                             else:
                                 self._channel_method(channel, payload)
                         elif frame_type == FRAME_BODY:

@@ -135,3 +135,12 @@ def test_decode_publish_truncated_is_syntax_error() -> None:
         assert exc.reply_code == 502
     else:
         raise AssertionError("expected a 502")
+
+
+@given(delivery_tag=st.integers(0, 2**63 - 1), multiple=st.booleans())
+def test_decode_ack_matches_pamqp(delivery_tag: int, multiple: bool) -> None:
+    raw = frame.marshal(commands.Basic.Ack(delivery_tag, multiple), 1)
+    payload = raw[7:-1]
+    assert payload[:4] == codec.ACK_PREFIX
+    assert len(payload) == 13
+    assert codec.decode_ack(payload) == (delivery_tag, multiple)

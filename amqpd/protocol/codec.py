@@ -101,6 +101,16 @@ def decode_publish_cached(payload: bytes) -> PublishFields:
     return fields
 
 
+ACK_PREFIX = b"\x00\x3c\x00\x50"  # class 60 (basic), method 80 (ack)
+_ACK_ARGUMENTS = struct.Struct(">QB")
+
+
+def decode_ack(payload: bytes) -> tuple[int, bool]:
+    """Decode a basic.ack method payload (13 bytes, ids included): (delivery_tag, multiple)."""
+    delivery_tag, bits = _ACK_ARGUMENTS.unpack_from(payload, 4)
+    return delivery_tag, bool(bits & 1)
+
+
 def decode_method(payload: bytes) -> Method:
     """Decode any method payload with pamqp.
 
