@@ -255,6 +255,13 @@ class Connection:
             self._process_frames()
         except ConnectionLevelError as exc:
             self._fail(exc)
+        except Exception:
+            # A bug must cost one connection, not the broker: 541 to this client, details in
+            # the log, and every other connection carries on.
+            LOGGER.exception("internal error on connection %s", self.peer)
+            self._fail(ConnectionLevelError(
+                541, "internal error; the broker logged the details"
+            ))
         finally:
             if self.confirms_pending:
                 for channel in self.confirms_pending:

@@ -466,3 +466,23 @@ def test_no_flow_control_without_consumers() -> None:
     for _ in range(FLOW_BACKLOG + 10):
         peer.publish(1, "", "q", b"x")
     assert not peer.connection.flow_blocked()  # buffering is the point
+
+
+def test_a_bug_in_a_handler_is_541_for_that_connection_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from amqpd import channel as channel_module
+
+    def broken(self: object, method: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(channel_module.HANDLERS, commands.Queue.Purge, broken)
+    broker = Broker(Settings())
+    victim, bystander = Peer(broker), Peer(broker)
+    for peer in (victim, bystander):
+        peer.handshake()
+        peer.open_channel()
+    close = close_of(victim.send(1, commands.Queue.Purge(queue="q")))
+    assert close.reply_code == 541
+    reply = bystander.send(1, commands.Queue.Declare(queue="still-fine"))
+    assert isinstance(reply[0][1], commands.Queue.DeclareOk)
