@@ -182,6 +182,13 @@ def export_topology(args: argparse.Namespace) -> int:
         try:
             store = open_and_recover(broker)
         except StoreError as exc:
+            from amqpd.server import LIVE_TOPOLOGY_FILENAME
+
+            live = Path(settings.data_dir) / LIVE_TOPOLOGY_FILENAME
+            if live.is_file():
+                # A running broker holds the store and keeps this file current (1 s).
+                _output(live.read_text(encoding="utf-8"), args.output)
+                return 0
             _fail(f"amqpd export-topology: {exc}; exporting the configured topology only")
             broker = Broker(settings)
     try:

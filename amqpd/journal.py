@@ -31,6 +31,8 @@ class Journal:
         self.writes = 0
         self.batch_number = 0
         self.committed = 0
+        # Bumped by every exchange, queue or binding change (the live topology file).
+        self.definitions_version = 0
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything written so far is durable (now, without a

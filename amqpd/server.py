@@ -40,6 +40,7 @@ from amqpd.tls import peer_common_name, server_context
 LOGGER = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 64 * 1024
+LIVE_TOPOLOGY_FILENAME = "topology.live.yaml"
 _ACCEPT_ERRORS_BACKOFF = 0.1
 # Seconds a publisher may be held back (per read) while consumers of a queue it feeds
 # catch up with its backlog.
@@ -154,6 +155,7 @@ class Server:
         self._stopping = False
         self._sessions_changed = anyio.Event()
         self._alarm_event = anyio.Event()
+        self._live_topology_version = -1
         broker.alarm_listeners.append(self._on_alarm)
         self.bound: tuple[str, int] | None = None
         self.tls_bound: tuple[str, int] | None = None
@@ -336,6 +338,29 @@ class Server:
                 await anyio.sleep(1)
         journal.committed_through(number)
 
+    async def _write_live_topology(self) -> None:
+        """Keep ``<data_dir>/topology.live.yaml`` current (at most once a second), so that
+        ``amqpd export-topology`` can show the live topology while this broker holds the
+        store. Written to a temporary file and renamed: readers never see half a file."""
+        version = self.broker.journal.definitions_version
+        if version == self._live_topology_version:
+            return
+        self._live_topology_version = version
+        from amqpd.topology.export import export_topology
+
+        text = export_topology(self.broker)
+        path = Path(self.broker.settings.data_dir) / LIVE_TOPOLOGY_FILENAME
+
+        def write() -> None:
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(path)
+
+        try:
+            await anyio.to_thread.run_sync(write)
+        except OSError as exc:
+            LOGGER.warning("cannot write %s: %s", path, exc)
+
     def _on_alarm(self, raised: bool) -> None:
         if raised:
             self._alarm_event = anyio.Event()
@@ -355,6 +380,7 @@ class Server:
             rounds += 1
             if rounds % 10:
                 continue
+            await self._write_live_topology()
             for session in list(self.sessions):
                 connection = session.connection
                 connection.tick()

@@ -164,6 +164,7 @@ class VirtualHost:
         self.exchanges[name] = exchange
         if not name.startswith("amq."):
             self.journal.exchange_declared(exchange)
+            self.journal.definitions_version += 1
         return exchange
 
     def declare_exchange(
@@ -226,6 +227,7 @@ class VirtualHost:
         del self.exchanges[exchange.name]
         self._unbind_everywhere(exchange)
         self.journal.exchange_deleted(exchange)
+        self.journal.definitions_version += 1
 
     # -- queues ------------------------------------------------------------------------
 
@@ -282,6 +284,7 @@ class VirtualHost:
         if policy.expires is not None:
             self._timed_queues.add(queue)
         self.journal.queue_declared(queue)
+        self.journal.definitions_version += 1
         return queue
 
     # -- queue hooks (amqpd.queue.QueueHooks) ------------------------------------------
@@ -374,6 +377,7 @@ class VirtualHost:
         self._unbind_everywhere(queue)
         consumers = list(queue.consumers)
         self.journal.queue_deleted(queue, queue.ready_bytes, len(queue.ready) - queue.tombstones)
+        self.journal.definitions_version += 1
         queue.on_deleted()
         for consumer in consumers:
             consumer.channel.cancel_by_server(consumer)
@@ -429,6 +433,7 @@ class VirtualHost:
             sources = self._sources_of.setdefault(destination, {})
             sources[source] = sources.get(source, 0) + 1
             self.journal.binding_added(source, destination, routing_key, dict(arguments or {}))
+            self.journal.definitions_version += 1
 
     def unbind(
         self,
@@ -444,6 +449,7 @@ class VirtualHost:
         if not source.kind.unbind(destination, routing_key, arguments):
             return
         self.journal.binding_removed(source, destination, routing_key, arguments)
+        self.journal.definitions_version += 1
         self._forget_source(destination, source, 1)
         self._maybe_auto_delete(source)
 

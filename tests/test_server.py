@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pika
 import pytest
 from pika.exceptions import ConnectionClosedByBroker
 
-from .broker_process import BrokerProcess
+from .broker_process import REPO_ROOT, BrokerProcess
 
 
 @pytest.fixture
@@ -73,3 +76,22 @@ def test_port_zero_prints_the_real_port(broker: BrokerProcess) -> None:
     with socket.create_connection((broker.host, broker.port)) as sock:
         sock.sendall(b"AMQP\x00\x00\x09\x01")
         assert sock.recv(7)[0] == 1  # a method frame: connection.start
+
+
+def test_export_topology_of_a_running_broker(broker: BrokerProcess, tmp_path: Path) -> None:
+    connection = connect(broker)
+    channel = connection.channel()
+    channel.exchange_declare("live-orders", "topic", durable=True)
+    channel.queue_declare("live-emails", durable=True)
+    channel.queue_bind("live-emails", "live-orders", "order.*")
+    connection.close()
+    deadline = time.monotonic() + 5
+    output = ""
+    while time.monotonic() < deadline and "live-emails" not in output:
+        time.sleep(0.3)
+        result = subprocess.run(
+            [sys.executable, "-m", "amqpd", "--data-dir", str(tmp_path), "export-topology"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+        )
+        output = result.stdout
+    assert "live-orders" in output and "live-emails" in output and "order.*" in output
