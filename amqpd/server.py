@@ -326,17 +326,20 @@ class Server:
         journal = self.broker.journal
         if not isinstance(journal, PersistentJournal) or not journal.pending:
             return
-        number, batch = journal.take_batch()
-        while batch:
-            try:
-                await anyio.to_thread.run_sync(store.commit, batch)
-                break
-            except StoreError:
-                # Nothing of the batch was applied (a full disk, say). Retrying the same batch
-                # keeps the promise that a confirmed message is on disk.
-                LOGGER.exception("store commit failed; retrying in 1 s")
-                await anyio.sleep(1)
-        journal.committed_through(number)
+        # Shielded: a batch taken from the journal must reach the disk even when shutdown
+        # cancels the flusher right here, or what it held would be lost.
+        with anyio.CancelScope(shield=True):
+            number, batch = journal.take_batch()
+            while batch:
+                try:
+                    await anyio.to_thread.run_sync(store.commit, batch)
+                    break
+                except StoreError:
+                    # Nothing of the batch was applied (a full disk, say). Retrying the same
+                    # batch keeps the promise that a confirmed message is on disk.
+                    LOGGER.exception("store commit failed; retrying in 1 s")
+                    await anyio.sleep(1)
+            journal.committed_through(number)
 
     async def _write_live_topology(self) -> None:
         """Keep ``<data_dir>/topology.live.yaml`` current (at most once a second), so that
