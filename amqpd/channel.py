@@ -383,12 +383,12 @@ class Channel(DeclarationMethods):
         for queue, entries in touched.items():
             if entries:
                 queue.requeue(entries)
-            elif queue.consumers and queue.ready:
+            elif queue.consumers and queue.has_ready:
                 queue.dispatch()
         # Credit freed on this channel may unblock consumers of other queues (global qos).
         if self.global_prefetch_count:
             for consumer in list(self.consumers.values()):
-                if consumer.queue not in touched and consumer.queue.ready:
+                if consumer.queue not in touched and consumer.queue.has_ready:
                     consumer.queue.dispatch()
 
     def _settle_or_hold(self, delivery_tag: int, multiple: bool, requeue: bool | None) -> None:
@@ -531,7 +531,7 @@ class Channel(DeclarationMethods):
     def dispatch_consumers(self) -> None:
         """Let the queues of this channel's consumers deliver again."""
         for consumer in list(self.consumers.values()):
-            if consumer.queue.ready:
+            if consumer.queue.has_ready:
                 consumer.queue.dispatch()
 
     # -- basic class -------------------------------------------------------------------

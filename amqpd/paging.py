@@ -149,6 +149,10 @@ class Pager:
         self.journal.queued_bytes -= entry.message.size + ENTRY_OVERHEAD
         self.spilled_entries += 1
 
+    def restored(self, entry: QueueEntry) -> None:
+        """An entry of a recovered persistent backlog was read into memory."""
+        self.journal.queued_bytes += entry.message.size + ENTRY_OVERHEAD
+
     def loaded(self, entry: QueueEntry) -> None:
         """A spilled entry is back in memory."""
         self.journal.queued_bytes += entry.message.size + ENTRY_OVERHEAD

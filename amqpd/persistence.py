@@ -24,13 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from amqpd.exchange import Exchange
-from amqpd.journal import ENTRY_OVERHEAD, Journal
+from amqpd.journal import Journal
 from amqpd.message import Message, QueueEntry, route_for
 from amqpd.queue import Queue
 from amqpd.store import (
     Batch,
     BindingRecord,
     ExchangeRecord,
+    QueueKey,
     QueueRecord,
     Snapshot,
     Store,
@@ -192,7 +193,8 @@ def destination_durable(destination: Queue | Exchange) -> bool:
 
 
 def recover(broker: Broker, journal: PersistentJournal, snapshot: Snapshot) -> int:
-    """Rebuild durable topology and persistent messages; returns the messages recovered."""
+    """Rebuild the durable topology from ``snapshot`` (loaded without entries) and hand each
+    queue its persistent backlog; returns the number of messages waiting."""
     journal.recovering = True
     # Millions of acyclic objects are built here; the cyclic collector would rescan them
     # over and over (seconds for a million messages) while finding nothing to free.
@@ -221,42 +223,45 @@ def recover(broker: Broker, journal: PersistentJournal, snapshot: Snapshot) -> i
                 destination = vhost.exchanges.get(binding.destination)
             if destination is not None and binding.source in vhost.exchanges:
                 vhost.bind(binding.source, destination, binding.routing_key, binding.arguments)
-        return _recover_entries(broker, journal, snapshot)
+        return _attach_stored_backlogs(broker, journal.store)
     finally:
         journal.recovering = False
         if collecting:
             gc.enable()
 
 
-def _recover_entries(broker: Broker, journal: PersistentJournal, snapshot: Snapshot) -> int:
-    messages: dict[int, Message] = {}
-    wall, mono = time.time(), time.monotonic()
-    count = 0
-    for (vhost_name, queue_name), entries in snapshot.entries.items():
+def _attach_stored_backlogs(broker: Broker, store: Store) -> int:
+    """Recovered queues read their persistent backlog from the store when they need it, a
+    window at a time (like a paged tail): restart time and memory do not grow with the
+    backlog. Returns how many messages wait in the store."""
+    total = 0
+    for (vhost_name, queue_name), (count, last_seq) in store.entry_counts().items():
         vhost = broker.vhosts.get(vhost_name)
         queue = vhost.queues.get(queue_name) if vhost is not None else None
         if queue is None:
             continue
-        for stored in entries:
-            message = messages.get(stored.message_id)
-            if message is None:
-                record = snapshot.messages[stored.message_id]
-                message = Message(route_for(record.exchange, record.routing_key),
-                                  record.header_payload, record.body or b"")
-                message.message_id = record.message_id
-                messages[stored.message_id] = message
+        queue.attach_stored_tail(count, last_seq, _stored_reader(store, (vhost_name, queue_name)))
+        total += count
+    return total
+
+
+def _stored_reader(store: Store, key: QueueKey) -> Callable[[int, int], list[QueueEntry]]:
+    def read(after_seq: int, limit: int) -> list[QueueEntry]:
+        wall, mono = time.time(), time.monotonic()
+        entries = []
+        for stored, record in store.read_entries(key, after_seq, limit):
+            message = Message(route_for(record.exchange, record.routing_key),
+                              record.header_payload, record.body or b"")
+            message.message_id = record.message_id
             entry = QueueEntry(message, stored.seq)
             entry.delivery_count = stored.delivery_count
             entry.redelivered = stored.redelivered
             if stored.expires_at is not None:
                 entry.expires_at = mono + (stored.expires_at - wall)
-            queue.restore(entry)
-            journal.queued_bytes += len(message.body) + ENTRY_OVERHEAD
-            count += 1
-        queue.continue_after(entries[-1].seq if entries else -1)
-        if vhost is not None:
-            vhost.entry_restored(queue)
-    return count
+            entries.append(entry)
+        return entries
+
+    return read
 
 
 def _nothing() -> None:

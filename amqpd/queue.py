@@ -25,7 +25,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from amqpd.message import Message, QueueEntry
@@ -100,6 +100,12 @@ class Queue:
         self.paged = 0
         self.paged_bytes = 0
         self._spill_buffer: list[QueueEntry] = []
+        # After a restart the persistent backlog stays in the durable store and is read back
+        # like a paged tail: ``_stored_tail`` entries with seq > ``_stored_after``, older
+        # than anything spilled since.
+        self._stored_tail = 0
+        self._stored_after = -1
+        self._stored_reader: Callable[[int, int], list[QueueEntry]] | None = None
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={self.message_count} consumers={len(self.consumers)}>"
@@ -108,6 +114,11 @@ class Queue:
     def exclusive(self) -> bool:
         """True for a queue owned by one connection."""
         return self.exclusive_owner is not None
+
+    @property
+    def has_ready(self) -> bool:
+        """True when a message may be ready, in memory or paged out (cheap)."""
+        return bool(self.ready) or self.paged > 0
 
     @property
     def message_count(self) -> int:
@@ -152,13 +163,6 @@ class Queue:
             self._expire(entry)
         return True
 
-    def restore(self, entry: QueueEntry) -> None:
-        """Append an entry recovered from the store (no hooks: it is already stored)."""
-        self.ready.append(entry)
-        self.ready_bytes += entry.message.size
-        if entry.expires_at is not None:
-            heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
-
     def continue_after(self, seq: int) -> None:
         """New entries get positions after ``seq`` (after recovery)."""
         self._seq = itertools.count(seq + 1)
@@ -177,10 +181,41 @@ class Queue:
             pager.file.write(self, buffer)
             self._spill_buffer = []
 
+    def attach_stored_tail(
+        self, count: int, last_seq: int, reader: Callable[[int, int], list[QueueEntry]]
+    ) -> None:
+        """Recovery: ``count`` entries (up to seq ``last_seq``) wait in the durable store;
+        ``reader(after_seq, limit)`` reads them back in order."""
+        self._stored_tail = count
+        self._stored_reader = reader
+        self.paged += count
+        self.continue_after(last_seq)
+
+    def _page_in_stored(self, pager: Pager) -> None:
+        assert self._stored_reader is not None
+        entries = self._stored_reader(self._stored_after, READ_BACK)
+        if not entries:  # fewer than counted (a damaged store): stop waiting for them
+            self.paged -= self._stored_tail
+            self._stored_tail = 0
+            return
+        self._stored_tail -= len(entries)
+        self._stored_after = entries[-1].seq
+        for entry in entries:
+            self.paged -= 1
+            pager.restored(entry)
+            self.ready.append(entry)
+            self.ready_bytes += entry.message.size
+            if entry.expires_at is not None:
+                heapq.heappush(self._expiries, (entry.expires_at, entry.seq, entry))
+
     def _page_in(self) -> None:
-        """Bring the oldest paged entries back into memory (file first, then the buffer)."""
+        """Bring the oldest paged entries back into memory: the durable store's tail after a
+        restart, then the scratch file, then the spill buffer."""
         pager = self.pager
         assert pager is not None
+        if self._stored_tail:
+            self._page_in_stored(pager)
+            return
         on_disk = self.paged - len(self._spill_buffer)
         if on_disk:
             entries = pager.file.read(self, READ_BACK)
@@ -256,7 +291,7 @@ class Queue:
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with credit, round-robin."""
         ready = self.ready
-        while ready and self.consumers:
+        while (ready or self.paged) and self.consumers:
             consumer = self._next_consumer()
             if consumer is None:
                 return
@@ -413,7 +448,7 @@ class Queue:
         self.last_used = time.monotonic()
         if not self.consumers and self.auto_delete and self.hooks is not None:
             self.hooks.queue_unused(self)
-        elif self.ready:
+        elif self.has_ready:
             # With single-active-consumer the next consumer in line takes over now.
             self.dispatch()
 
@@ -428,8 +463,10 @@ class Queue:
         self._expiries.clear()
         self.tombstones = 0
         self.ready_bytes = 0
-        if self.pager is not None and self.paged:
-            self.pager.drop(self, self.paged)
+        spilled = self.paged - self._stored_tail
+        if self.pager is not None and spilled:
+            self.pager.drop(self, spilled)
+        self._stored_tail = 0
         self.paged = self.paged_bytes = 0
         self._spill_buffer = []
 

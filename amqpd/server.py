@@ -400,7 +400,7 @@ def open_and_recover(broker: Broker) -> Store:
     data_dir = Path(broker.settings.data_dir)
     store = open_store(data_dir)
     broker.pager.path = data_dir / PAGING_FILENAME
-    snapshot = store.load()
+    snapshot = store.load(with_entries=False)
     journal = PersistentJournal(store, snapshot.next_message_id)
     broker.use_journal(journal)
     started = time.monotonic()

@@ -312,11 +312,6 @@ class VirtualHost:
         """Forward to the journal."""
         self.journal.entry_delivered(queue, entry)
 
-    def entry_restored(self, queue: Queue) -> None:
-        """Recovery put entries back: let the ticker watch their TTLs."""
-        if queue.next_expiry is not None:
-            self._timed_queues.add(queue)
-
     def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
         """Republish to the queue's dead-letter exchange with the x-death history."""
         policy = queue.policy
@@ -365,7 +360,7 @@ class VirtualHost:
         self.check_exclusive(queue, connection)
         if if_unused and queue.consumers:
             raise ChannelError(406, f"{queue.describe()} in use")
-        if if_empty and queue.ready:
+        if if_empty and queue.message_count:
             raise ChannelError(406, f"{queue.describe()} is not empty")
         count = queue.message_count
         self.remove_queue(queue)

@@ -112,3 +112,34 @@ def test_broker_wide_queue_defaults_apply_unless_overridden(data_dir: Path) -> N
         assert channel.queue_declare("own", passive=True).method.message_count == 5
     finally:
         broker.stop()
+
+
+def test_a_large_persistent_backlog_comes_back_in_order_a_window_at_a_time(
+    data_dir: Path,
+) -> None:
+    count = 5000  # more than one read-back window
+    broker = BrokerProcess(data_dir)
+    try:
+        channel = connect(broker).channel()
+        channel.queue_declare("backlog", durable=True)
+        channel.confirm_delivery()
+        for number in range(count):
+            channel.basic_publish("", "backlog", str(number).encode(),
+                                  pika.BasicProperties(delivery_mode=2))
+    finally:
+        assert broker.stop() == 0
+    restarted = BrokerProcess(data_dir)
+    try:
+        connection = connect(restarted)
+        channel = connection.channel()
+        assert channel.queue_declare("backlog", durable=True).method.message_count == count
+        channel.basic_publish("", "backlog", b"after", pika.BasicProperties(delivery_mode=2))
+        bodies: list[bytes] = []
+        channel.basic_consume("backlog", lambda ch, m, p, body: bodies.append(body),
+                              auto_ack=True)
+        deadline = time.monotonic() + 20
+        while len(bodies) < count + 1 and time.monotonic() < deadline:
+            connection.process_data_events(0.1)
+        assert bodies == [str(n).encode() for n in range(count)] + [b"after"]
+    finally:
+        restarted.stop()

@@ -51,8 +51,10 @@ __all__ = [
 
 
 class Store(Protocol):
-    def load(self, with_bodies: bool = True) -> Snapshot:
-        """Everything stored; with ``with_bodies=False`` message bodies are None (paging)."""
+    def load(self, with_bodies: bool = True, with_entries: bool = True) -> Snapshot:
+        """Everything stored; with ``with_bodies=False`` message bodies are None (paging);
+        with ``with_entries=False`` only the definitions (then use :meth:`entry_counts` and
+        :meth:`read_entries`)."""
         ...
 
     def commit(self, batch: Batch) -> None:
@@ -61,6 +63,17 @@ class Store(Protocol):
         Seals the batch. On StoreError nothing of the batch was applied; the same batch may
         be committed again.
         """
+        ...
+
+    def entry_counts(self) -> dict[QueueKey, tuple[int, int]]:
+        """Per queue with entries: (how many, the highest seq) -- for a lazy recovery."""
+        ...
+
+    def read_entries(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        """Up to ``limit`` entries of ``queue`` with seq > ``after_seq``, in seq order, each
+        with its message (body included)."""
         ...
 
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:

@@ -61,10 +61,10 @@ class MemoryStore:
 
     # -- Store protocol -----------------------------------------------------------------------
 
-    def load(self, with_bodies: bool = True) -> Snapshot:
+    def load(self, with_bodies: bool = True, with_entries: bool = True) -> Snapshot:
         with self._lock:
             self._check_open()
-            return Snapshot(
+            snapshot = Snapshot(
                 vhosts=sorted(self._vhosts),
                 exchanges=[_exchange(*self._exchanges[key]) for key in sorted(self._exchanges)],
                 queues=[_queue(*self._queues[key]) for key in sorted(self._queues)],
@@ -81,6 +81,9 @@ class MemoryStore:
                 },
                 next_message_id=max(self._messages, default=0) + 1,
             )
+            if not with_entries:
+                snapshot.entries, snapshot.messages = {}, {}
+            return snapshot
 
     def commit(self, batch: Batch) -> None:
         plan = batch.plan()
@@ -98,6 +101,26 @@ class MemoryStore:
                 self._apply_entries(changes, refs)
             self._apply_refs(refs)
             self._counters["commits"] += 1
+
+    def entry_counts(self) -> dict[QueueKey, tuple[int, int]]:
+        with self._lock:
+            self._check_open()
+            return {queue: (len(rows), max(rows)) for queue, rows in self._entries.items()
+                    if rows}
+
+    def read_entries(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        with self._lock:
+            self._check_open()
+            rows = self._entries.get(queue, {})
+            seqs = sorted(seq for seq in rows if seq > after_seq)[:limit]
+            return [
+                (_stored_entry(seq, rows[seq]),
+                 _stored_message(rows[seq].message_id,
+                                 self._messages[rows[seq].message_id], True))
+                for seq in seqs
+            ]
 
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
         with self._lock:

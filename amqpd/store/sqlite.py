@@ -175,10 +175,10 @@ class SQLiteStore:
 
     # -- Store protocol -----------------------------------------------------------------------
 
-    def load(self, with_bodies: bool = True) -> Snapshot:
+    def load(self, with_bodies: bool = True, with_entries: bool = True) -> Snapshot:
         with self._lock, _no_gc(), self._transaction("loading the store", "BEGIN") as conn:
             try:
-                return self._read_snapshot(conn, with_bodies)
+                return self._read_snapshot(conn, with_bodies, with_entries)
             except ValueError as exc:  # an argument table or user tags that do not decode
                 problem = f"is damaged (loading the store: {exc})"
                 raise StoreCorruptError(_corrupt_message(self.path, problem)) from exc
@@ -195,6 +195,34 @@ class SQLiteStore:
                 self._compact_step(conn, COMPACT_STEP_PAGES)
             counts["commits"] += 1
             self._counters.update(counts)
+
+    def entry_counts(self) -> dict[QueueKey, tuple[int, int]]:
+        with self._lock, self._transaction("counting entries", "BEGIN") as conn:
+            names = {queue_id: queue for queue, queue_id in self._queue_ids.items()}
+            rows = conn.execute(
+                "SELECT queue_id, count(*), max(seq) FROM entries GROUP BY queue_id"
+            )
+            return {_queue_name(names, queue_id): (count, top) for queue_id, count, top in rows}
+
+    def read_entries(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        with self._lock, self._transaction("reading entries", "BEGIN") as conn:
+            queue_id = self._queue_ids.get(queue)
+            if queue_id is None:
+                return []
+            rows = conn.execute(
+                "SELECT e.seq, e.message_id, e.delivery_count, e.redelivered, e.expires_at,"
+                " m.exchange, m.routing_key, m.header, m.body"
+                " FROM entries e JOIN messages m ON m.id = e.message_id"
+                " WHERE e.queue_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+                (queue_id, after_seq, limit),
+            )
+            return [
+                (StoredEntry(seq, mid, count, bool(again), expires),
+                 StoredMessage(mid, exchange, key, header, body))
+                for seq, mid, count, again, expires, exchange, key, header, body in rows
+            ]
 
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
         with self._lock, self._transaction("reading message bodies", "BEGIN") as conn:
@@ -425,8 +453,10 @@ class SQLiteStore:
             for qid, vhost, name in conn.execute("SELECT id, vhost, name FROM queue_ids")
         }
 
-    def _read_snapshot(self, conn: sqlite3.Connection, with_bodies: bool) -> Snapshot:
-        messages = _read_messages(conn, with_bodies)
+    def _read_snapshot(
+        self, conn: sqlite3.Connection, with_bodies: bool, with_entries: bool = True
+    ) -> Snapshot:
+        messages = _read_messages(conn, with_bodies) if with_entries else {}
         next_id = conn.execute("SELECT max(id) FROM messages").fetchone()[0]
         return Snapshot(
             vhosts=[name for (name,) in conn.execute("SELECT name FROM vhosts ORDER BY name")],
@@ -434,7 +464,7 @@ class SQLiteStore:
             queues=_read_queues(conn),
             bindings=_read_bindings(conn),
             users=_read_users(conn),
-            entries=self._read_entries(conn, messages),
+            entries=self._read_entries(conn, messages) if with_entries else {},
             messages=messages,
             next_message_id=(next_id or 0) + 1,
         )
