@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from amqpd.auth import hash_password
 from amqpd.config.nodes import ConfigError
+from amqpd.protocol.framing import FrameReader
 from amqpd.settings import LOG_FORMATS, LOG_LEVELS, Settings
 
 if TYPE_CHECKING:
@@ -222,25 +223,25 @@ class PingError(Exception):
     """The broker did not complete the handshake."""
 
 
-def _read_frame(sock: socket.socket, buffer: bytearray) -> object:
-    from pamqp import frame as pframe
-    from pamqp.exceptions import UnmarshalingException
+def _read_method(sock: socket.socket, reader: FrameReader) -> object:
+    """The next method frame, through the broker's own framing checks (heartbeats skipped)."""
+    from amqpd.protocol import codec
+    from amqpd.protocol.constants import FRAME_METHOD
+    from amqpd.protocol.errors import AMQPError
 
     while True:
-        if buffer:
-            try:
-                consumed, _, value = pframe.unmarshal(bytes(buffer))
-            except UnmarshalingException:
-                pass
-            else:
-                del buffer[:consumed]
-                return value
+        try:
+            for frame_type, _, payload in reader.frames():
+                if frame_type == FRAME_METHOD:
+                    return codec.decode_method(payload)
+        except AMQPError as exc:
+            raise PingError(f"the broker sent bad framing: {exc.detail}") from exc
         data = sock.recv(65536)
         if not data:
             raise PingError("the broker closed the connection")
-        if buffer == b"" and data.startswith(b"AMQP"):
+        if not reader.buffered and data.startswith(b"AMQP"):
             raise PingError(f"the broker refused the protocol version: {data[:8]!r}")
-        buffer += data
+        reader.feed(data)
 
 
 def ping(host: str, port: int, user: str, password: str, vhost: str, timeout: float) -> str:
@@ -262,9 +263,9 @@ def ping(host: str, port: int, user: str, password: str, vhost: str, timeout: fl
 
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
-        buffer = bytearray()
+        reader = FrameReader(1 << 20)
         sock.sendall(b"AMQP\x00\x00\x09\x01")
-        start = expect(_read_frame(sock, buffer), commands.Connection.Start)
+        start = expect(_read_method(sock, reader), commands.Connection.Start)
         assert isinstance(start, commands.Connection.Start)
         properties = start.server_properties or {}
         sock.sendall(pframe.marshal(commands.Connection.StartOk(
@@ -272,15 +273,15 @@ def ping(host: str, port: int, user: str, password: str, vhost: str, timeout: fl
                                "capabilities": {"authentication_failure_close": True}},
             mechanism="PLAIN", response=f"\0{user}\0{password}", locale="en_US",
         ), 0))
-        tune = expect(_read_frame(sock, buffer), commands.Connection.Tune)
+        tune = expect(_read_method(sock, reader), commands.Connection.Tune)
         assert isinstance(tune, commands.Connection.Tune)
         sock.sendall(pframe.marshal(commands.Connection.TuneOk(
             channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0))
         sock.sendall(pframe.marshal(commands.Connection.Open(virtual_host=vhost), 0))
-        expect(_read_frame(sock, buffer), commands.Connection.OpenOk)
+        expect(_read_method(sock, reader), commands.Connection.OpenOk)
         sock.sendall(pframe.marshal(commands.Connection.Close(
             reply_code=200, reply_text="ping", class_id=0, method_id=0), 0))
-        expect(_read_frame(sock, buffer), commands.Connection.CloseOk)
+        expect(_read_method(sock, reader), commands.Connection.CloseOk)
     product = properties.get("product", b"?")
     version = properties.get("version", b"?")
     return " ".join(v.decode() if isinstance(v, bytes) else str(v) for v in (product, version))
