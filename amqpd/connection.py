@@ -118,6 +118,10 @@ class Connection:
         self.confirms_pending: set[Channel] = set()
         self.high_watermark = self.settings.output_high_watermark
         self.low_watermark = self.settings.output_low_watermark
+        # Bytes handed to the socket whose write has not completed yet (set by the shell),
+        # and whether a delivery was refused because of them since the output last drained.
+        self.in_flight = 0
+        self.held_back = False
         self.close_reason: str | None = None
         # Set once the client publishes: only publishers are blocked by a memory alarm.
         self.is_publisher = False
@@ -131,7 +135,12 @@ class Connection:
     @property
     def congested(self) -> bool:
         """True while the output buffer is above its high watermark."""
-        return len(self.out) > self.high_watermark
+        return len(self.out) + self.in_flight > self.high_watermark
+
+    @property
+    def below_low_watermark(self) -> bool:
+        """True once queued and in-flight output fell below the low watermark."""
+        return len(self.out) + self.in_flight <= self.low_watermark
 
     def _write(self, data: bytes) -> None:
         if not self.out:
@@ -636,6 +645,7 @@ class Connection:
 
     def on_drained(self) -> None:
         """The shell flushed the output buffer below the low watermark: resume deliveries."""
+        self.held_back = False
         for channel in list(self.channels.values()):
             if channel.consumers:
                 channel.dispatch_consumers()

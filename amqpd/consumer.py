@@ -53,7 +53,11 @@ class Consumer:
         taken, so a refusal never leaves one of them half-charged.
         """
         channel = self.channel
-        if not channel.active or channel.connection.congested:
+        if not channel.active:
+            return False
+        connection = channel.connection
+        if connection.congested:
+            connection.held_back = True  # the shell calls on_drained once output drains
             return False
         if self.no_ack:
             return True

@@ -118,7 +118,6 @@ class Session:
     async def _write(self) -> None:
         connection = self.connection
         send = self.stream.send
-        high = connection.high_watermark
         while True:
             if not connection.out:
                 if connection.finished:
@@ -127,16 +126,21 @@ class Session:
                 await self.writable.wait()
                 continue
             data = connection.data_to_send()
-            if len(data) >= high:
-                # The core held deliveries back while the buffer was full; let it refill the
-                # (now empty) buffer while this chunk goes out.
-                connection.on_drained()
-            self.drained.set()
+            # Output counts against the high watermark until the socket took it, so a slow
+            # reader bounds what its consumers are sent (queued + in flight <= high).
+            connection.in_flight = len(data)
             try:
                 await send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 connection.connection_lost()
                 return
+            finally:
+                connection.in_flight = 0
+            if connection.below_low_watermark:
+                self.drained.set()
+                if connection.held_back:
+                    # The core refused deliveries while the output was full.
+                    connection.on_drained()
 
 
 class Server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from pamqp import commands, frame
@@ -486,3 +487,25 @@ def test_a_bug_in_a_handler_is_541_for_that_connection_only(
     assert close.reply_code == 541
     reply = bystander.send(1, commands.Queue.Declare(queue="still-fine"))
     assert isinstance(reply[0][1], commands.Queue.DeclareOk)
+
+
+def test_a_congested_connection_gets_no_deliveries_until_its_output_drains() -> None:
+    peer = Peer()
+    peer.handshake()
+    peer.open_channel()
+    peer.connection.high_watermark = 1000
+    peer.connection.low_watermark = 100
+    peer.send(1, commands.Queue.Declare(queue="q"))
+    peer.connection.in_flight = 5000  # the socket is still busy with an earlier write
+    for _ in range(5):
+        peer.publish(1, "", "q", b"x" * 300)
+    frames = peer.send(1, commands.Basic.Consume(queue="q", consumer_tag="c", no_ack=True))
+    assert not [v for _, v in frames if isinstance(v, commands.Basic.Deliver)]
+    assert peer.connection.held_back
+    peer.connection.in_flight = 0
+    assert peer.connection.below_low_watermark
+    delivered: list[Any] = []
+    for _ in range(10):  # each drain lets up to the high watermark out again
+        peer.connection.on_drained()
+        delivered += [v for _, v in peer.read() if isinstance(v, commands.Basic.Deliver)]
+    assert len(delivered) == 5
