@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from amqpd.settings import LOG_FORMATS, LOG_LEVELS, OVERFLOW_MODES
 MIB = 1024 * 1024
 
 
-class Kind:
+class Kind(ABC):
     """A value type: converts a node (with its position) into a Python value."""
 
     expected = "a value"
@@ -41,8 +42,9 @@ class Kind:
     text_is_string = False
     nullable = False
 
+    @abstractmethod
     def convert(self, node: Node, origin: Origin, path: str) -> Any:
-        raise NotImplementedError
+        """The Python value of a non-null node."""
 
     def parse(self, node: Node, origin: Origin, path: str) -> Any:
         """Null check, then :meth:`convert`."""
