@@ -421,7 +421,8 @@ class Channel(DeclarationMethods):
         try:
             self._settle_or_hold(delivery_tag, multiple, None)
         except ChannelError as exc:
-            exc.class_id, exc.method_id = 60, 80
+            if not exc.class_id:  # as handle_method does for the decoded path
+                exc.class_id, exc.method_id = 60, 80
             raise
 
     def on_basic_nack(self, method: commands.Basic.Nack) -> None:
