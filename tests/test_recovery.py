@@ -143,3 +143,32 @@ def test_a_large_persistent_backlog_comes_back_in_order_a_window_at_a_time(
         assert bodies == [str(n).encode() for n in range(count)] + [b"after"]
     finally:
         restarted.stop()
+
+
+def test_paging_with_a_real_client_keeps_order(data_dir: Path) -> None:
+    # A 4 MiB watermark pages from 2 MiB: 6,000 messages do not fit in memory.
+    broker = BrokerProcess(data_dir, "--set", "limits.memory_high_watermark=4MiB")
+    try:
+        connection = connect(broker)
+        channel = connection.channel()
+        channel.queue_declare("long")
+        channel.confirm_delivery()
+        count = 6000
+        for number in range(count):
+            channel.basic_publish("", "long", str(number).encode().ljust(256, b"."))
+        assert channel.queue_declare("long", passive=True).method.message_count == count
+        assert (data_dir / "paging.sqlite3").exists()
+        bodies: list[bytes] = []
+        channel.basic_qos(prefetch_count=200)
+
+        def on_message(ch: object, method: object, properties: object, body: bytes) -> None:
+            bodies.append(body.rstrip(b"."))
+            channel.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+
+        channel.basic_consume("long", on_message)
+        deadline = time.monotonic() + 30
+        while len(bodies) < count and time.monotonic() < deadline:
+            connection.process_data_events(0.1)
+        assert bodies == [str(n).encode() for n in range(count)]
+    finally:
+        broker.stop()
