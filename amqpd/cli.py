@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amqpd.auth import hash_password
+from amqpd.access.auth import hash_password
 from amqpd.config.nodes import ConfigError
+from amqpd.config.settings import LOG_FORMATS, LOG_LEVELS, Settings
 from amqpd.protocol.framing import FrameReader
-from amqpd.settings import LOG_FORMATS, LOG_LEVELS, Settings
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
 
 LOG_LEVEL_CHOICES = LOG_LEVELS
 #: Global flags that set a setting: flag -> argparse dest.
@@ -134,7 +134,7 @@ def _output(text: str, output: str | None) -> None:
 
 def _broker(settings: Settings) -> Broker:
     """A broker with the configuration applied (raises ConfigError on conflicts)."""
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
     from amqpd.topology.apply import configure_broker
 
     broker = Broker(settings)
@@ -147,7 +147,7 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         settings = load(args, args.file)
         if settings.tls_enabled:
-            from amqpd.tls import TLSConfigError, server_context
+            from amqpd.access.tls import TLSConfigError, server_context
 
             try:
                 server_context(settings)
@@ -166,7 +166,7 @@ def export_topology(args: argparse.Namespace) -> int:
     store holds (durable exchanges, queues and bindings clients declared) plus what the
     configuration declares. A running broker locks its store; then only the configured part
     can be exported (said on stderr)."""
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
     from amqpd.store import FILENAME, StoreError
     from amqpd.topology.apply import configure_broker
     from amqpd.topology.export import export_topology as export
@@ -205,7 +205,7 @@ def export_topology(args: argparse.Namespace) -> int:
 
 def import_definitions(args: argparse.Namespace) -> int:
     """RabbitMQ definitions JSON -> amqpd topology YAML; what is not converted -> stderr."""
-    from amqpd.topology.definitions import DefinitionsError, convert_file
+    from amqpd.config.definitions import DefinitionsError, convert_file
     from amqpd.topology.export import dump
 
     try:
@@ -320,14 +320,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
     if settings.tls_enabled:
-        from amqpd.tls import TLSConfigError, server_context
+        from amqpd.access.tls import TLSConfigError, server_context
 
         try:
             server_context(settings)
         except TLSConfigError as exc:
             return _fail(f"{settings.sources.get('listeners.tls.port')}: {exc}")
     os.makedirs(settings.data_dir, exist_ok=True)
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
     from amqpd.server import run as serve
     from amqpd.topology.apply import configure_broker
 

@@ -1,6 +1,6 @@
 """The I/O shell: TCP listener, one reader and one writer task per connection, shutdown.
 
-All protocol and broker logic is in the sans-IO :class:`~amqpd.connection.Connection`; this
+All protocol and broker logic is in the sans-IO :class:`~amqpd.session.connection.Connection`; this
 module only moves bytes. Task budget: per connection the handler task reads and one
 writer task writes; broker-wide there is one accept loop, one ticker (heartbeats and close
 time-outs for every connection) and the signal watcher. Nothing is spawned per channel,
@@ -29,13 +29,13 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from amqpd.broker import Broker
-from amqpd.connection import Connection
-from amqpd.paging import FILENAME as PAGING_FILENAME
-from amqpd.persistence import PersistentJournal, recover
+from amqpd.access.tls import peer_common_name, server_context
+from amqpd.broker.broker import Broker
+from amqpd.broker.paging import FILENAME as PAGING_FILENAME
+from amqpd.broker.persistence import PersistentJournal, recover
 from amqpd.protocol.constants import CONNECTION_FORCED
+from amqpd.session.connection import Connection
 from amqpd.store import Store, StoreError, open_store
-from amqpd.tls import peer_common_name, server_context
 
 LOGGER = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Server:
         self._sessions_changed = anyio.Event()
         self._alarm_event = anyio.Event()
         self._live_topology_version = -1
-        broker.alarm_listeners.append(self._on_alarm)
+        broker.add_alarm_listener(self._on_alarm)
         self.bound: tuple[str, int] | None = None
         self.tls_bound: tuple[str, int] | None = None
         self.on_tls_listening: Callable[[str, int], None] | None = None

@@ -12,7 +12,7 @@ import pika
 import pytest
 from config_broker import REPO_ROOT, ConfigBroker, start_failure
 
-from amqpd.auth import hash_password
+from amqpd.access.auth import hash_password
 
 pytestmark = pytest.mark.amqpd_only
 

@@ -14,7 +14,7 @@ import pytest
 from config_broker import ConfigBroker
 from pika.exceptions import ChannelClosedByBroker
 
-from amqpd.auth import hash_password
+from amqpd.access.auth import hash_password
 
 pytestmark = pytest.mark.amqpd_only
 

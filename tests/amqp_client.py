@@ -9,9 +9,9 @@ from pamqp import commands, frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from amqpd.broker import Broker
-from amqpd.connection import Connection
-from amqpd.settings import Settings
+from amqpd.broker.broker import Broker
+from amqpd.config.settings import Settings
+from amqpd.session.connection import Connection
 
 PLAIN_GUEST = "\x00guest\x00guest"
 CLIENT_PROPERTIES = {

@@ -10,9 +10,9 @@ from pamqp import commands, frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from amqpd.broker import Broker
-from amqpd.connection import ConnectionState
-from amqpd.settings import Settings
+from amqpd.broker.broker import Broker
+from amqpd.config.settings import Settings
+from amqpd.session.connection import ConnectionState
 
 from .amqp_client import CLIENT_PROPERTIES, Peer
 
@@ -443,7 +443,7 @@ def test_max_channels_per_connection_is_530() -> None:
 
 
 def test_flow_control_marks_publishers_outrunning_consumers() -> None:
-    from amqpd.channel import FLOW_BACKLOG
+    from amqpd.session.channel import FLOW_BACKLOG
 
     peer = Peer()
     peer.handshake()
@@ -458,7 +458,7 @@ def test_flow_control_marks_publishers_outrunning_consumers() -> None:
 
 
 def test_no_flow_control_without_consumers() -> None:
-    from amqpd.channel import FLOW_BACKLOG
+    from amqpd.session.channel import FLOW_BACKLOG
 
     peer = Peer()
     peer.handshake()
@@ -472,7 +472,7 @@ def test_no_flow_control_without_consumers() -> None:
 def test_a_bug_in_a_handler_is_541_for_that_connection_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from amqpd import channel as channel_module
+    from amqpd.session import channel as channel_module
 
     def broken(self: object, method: object) -> None:
         raise RuntimeError("a bug")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pamqp import commands
 
-from amqpd.broker import Broker
-from amqpd.settings import Settings
+from amqpd.broker.broker import Broker
+from amqpd.config.settings import Settings
 
 from .amqp_client import Peer
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pamqp import commands
 
-from amqpd.broker import Broker
-from amqpd.paging import KEEP_IN_MEMORY
-from amqpd.settings import Settings
+from amqpd.broker.broker import Broker
+from amqpd.broker.paging import KEEP_IN_MEMORY
+from amqpd.config.settings import Settings
 
 from .amqp_client import Peer
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from pamqp import commands
 
-from amqpd.message import QueueEntry
+from amqpd.broker.message import QueueEntry
 
 from .amqp_client import Peer
 

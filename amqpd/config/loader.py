@@ -1,4 +1,4 @@
-"""Build :class:`~amqpd.settings.Settings` from defaults, a YAML file, ``AMQPD_*`` variables
+"""Build :class:`~amqpd.config.settings.Settings` from defaults, a YAML file, ``AMQPD_*`` variables
 and the command line -- in that order, each overriding the one before.
 
 Configuration file: ``--config FILE``, else ``$AMQPD_CONFIG``, else ``config/amqpd.yaml`` in
@@ -16,6 +16,7 @@ import yaml
 from yaml.nodes import Node
 
 from amqpd.config import schema
+from amqpd.config.model import Topology
 from amqpd.config.nodes import (
     ConfigError,
     Origin,
@@ -27,9 +28,8 @@ from amqpd.config.nodes import (
     scalar_node,
     unknown_key,
 )
-from amqpd.settings import Settings
-from amqpd.topology.model import Topology
-from amqpd.topology.parse import load_topology, merge
+from amqpd.config.parse import load_topology, merge
+from amqpd.config.settings import Settings
 
 DEFAULT_CONFIG = Path("config") / "amqpd.yaml"
 CONFIG_ENV = "AMQPD_CONFIG"

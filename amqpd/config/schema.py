@@ -29,7 +29,7 @@ from amqpd.config.nodes import (
     string,
     string_list,
 )
-from amqpd.settings import LOG_FORMATS, LOG_LEVELS, OVERFLOW_MODES
+from amqpd.config.settings import LOG_FORMATS, LOG_LEVELS, OVERFLOW_MODES
 
 MIB = 1024 * 1024
 
@@ -314,19 +314,19 @@ class Option:
 
 
 def _users(node: Node, origin: Origin, path: str) -> Any:
-    from amqpd.topology.parse import parse_users
+    from amqpd.config.parse import parse_users
 
     return list(parse_users(node, origin, path).values())
 
 
 def _permissions(node: Node, origin: Origin, path: str) -> Any:
-    from amqpd.topology.parse import parse_permissions
+    from amqpd.config.parse import parse_permissions
 
     return parse_permissions(node, origin, path)
 
 
 def _topology(node: Node, origin: Origin, path: str) -> Any:
-    from amqpd.topology.parse import parse_topology
+    from amqpd.config.parse import parse_topology
 
     return parse_topology(node, origin, path)
 
@@ -346,7 +346,7 @@ def _show_permissions(permissions: Any) -> Any:
 def _show_topology(topology: Any) -> Any:
     if topology is None:
         return None
-    from amqpd.topology.export import topology_document
+    from amqpd.config.document import topology_document
 
     document = topology_document(topology)
     for user in document.get("users", []):

@@ -57,7 +57,7 @@ class PublishFields:
         self.routing_key = routing_key
         self.mandatory = mandatory
         self.immediate = immediate
-        # Filled by the broker (a shared amqpd.message.Route); the codec does not know it.
+        # Filled by the broker (a shared amqpd.broker.message.Route); the codec does not know it.
         self.route: object = None
 
 

@@ -3,7 +3,7 @@
 :func:`plan` compares the desired state with the broker and collects every conflict (a
 queue that exists with other arguments, an exchange of another type, a binding to nothing,
 an unknown exchange type, invalid binding arguments) *before* anything changes; only a plan
-without conflicts is applied, through the same :class:`~amqpd.vhost.VirtualHost` methods as
+without conflicts is applied, through the same :class:`~amqpd.broker.vhost.VirtualHost` methods as
 AMQP (``declare_exchange``, ``declare_queue``, ``bind``). Re-applying the same topology
 plans nothing. Should a step still fail, everything done so far is undone.
 """
@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import exchanges
-from amqpd.auth import User
-from amqpd.config.nodes import ConfigError
-from amqpd.permissions import FULL, Permission
-from amqpd.protocol.errors import AMQPError
-from amqpd.topology.model import (
+from amqpd.access.auth import User
+from amqpd.access.permissions import FULL, Permission
+from amqpd.config.model import (
     BindingSpec,
     ExchangeSpec,
     PermissionSpec,
@@ -29,13 +27,15 @@ from amqpd.topology.model import (
     Topology,
     UserSpec,
 )
+from amqpd.config.nodes import ConfigError
+from amqpd.protocol.errors import AMQPError
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
-    from amqpd.exchange import Exchange
-    from amqpd.queue import Queue
-    from amqpd.settings import Settings
-    from amqpd.vhost import VirtualHost
+    from amqpd.broker.broker import Broker
+    from amqpd.broker.exchange import Exchange
+    from amqpd.broker.queue import Queue
+    from amqpd.broker.vhost import VirtualHost
+    from amqpd.config.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _dry_run_exchange(type_name: str, arguments: Mapping[str, object]) -> tuple[
 def _dry_run_queue(spec: QueueSpec, vhost_name: str) -> str | None:
     """The broker's own check of queue arguments (406 texts), without declaring anything."""
     try:
-        from amqpd.queue_arguments import parse_queue_arguments
+        from amqpd.broker.queue_arguments import parse_queue_arguments
     except ImportError:  # pragma: no cover - the core has no separate argument parser
         return None
     try:

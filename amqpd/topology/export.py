@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from amqpd.topology.apply import managed
-from amqpd.topology.model import (
+from amqpd.config.document import plain_value, topology_document
+from amqpd.config.model import (
     BindingSpec,
     DestinationType,
     ExchangeSpec,
@@ -23,9 +23,10 @@ from amqpd.topology.model import (
     UserSpec,
     VhostSpec,
 )
+from amqpd.topology.apply import managed
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
 
 HEADER = "# amqpd topology (load with `amqpd --topology FILE` or `topology_file:`)\n"
 
@@ -38,8 +39,8 @@ def _exportable_queue(queue: Any) -> bool:
 
 def topology_from_broker(broker: Broker) -> Topology:
     """What the broker holds, as a :class:`Topology`."""
-    from amqpd.exchange import Exchange
-    from amqpd.queue import Queue
+    from amqpd.broker.exchange import Exchange
+    from amqpd.broker.queue import Queue
 
     topology = Topology(where="broker")
     for vhost_name in sorted(broker.vhosts):
@@ -75,7 +76,7 @@ def topology_from_broker(broker: Broker) -> Topology:
                     continue
                 spec.bindings.append(BindingSpec(
                     name, destination.name, kind, binding.routing_key,
-                    _plain(binding.arguments), "broker",
+                    plain_value(binding.arguments), "broker",
                 ))
         spec.bindings.sort(key=lambda b: (b.source, b.destination_type, b.destination,
                                           b.routing_key, repr(sorted(b.arguments.items()))))
@@ -94,66 +95,6 @@ def topology_from_broker(broker: Broker) -> Topology:
                 "broker",
             ))
     return topology
-
-
-def _plain(value: Any) -> Any:
-    """Argument tables as plain dicts/lists (bindings keep read-only views)."""
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
-def topology_document(topology: Topology) -> dict[str, Any]:
-    """A topology as plain data in the YAML shape that :mod:`amqpd.topology.parse` reads."""
-    document: dict[str, Any] = {}
-    vhosts: dict[str, Any] = {}
-    for name, vhost in topology.vhosts.items():
-        body: dict[str, Any] = {}
-        if vhost.exchanges:
-            body["exchanges"] = {
-                e.name: _with_arguments({"type": e.type, "durable": e.durable,
-                                         "auto_delete": e.auto_delete, "internal": e.internal},
-                                        e.arguments)
-                for e in vhost.exchanges.values()
-            }
-        if vhost.queues:
-            body["queues"] = {
-                q.name: _with_arguments({"durable": q.durable, "auto_delete": q.auto_delete},
-                                        q.arguments)
-                for q in vhost.queues.values()
-            }
-        if vhost.bindings:
-            body["bindings"] = [
-                _with_arguments({"source": b.source, "destination": b.destination,
-                                 "destination_type": b.destination_type,
-                                 "routing_key": b.routing_key}, b.arguments)
-                for b in vhost.bindings
-            ]
-        vhosts[name] = body or None
-    if vhosts:
-        document["vhosts"] = vhosts
-    if topology.users:
-        document["users"] = [
-            {"name": u.name, "password_hash": u.password_hash, "tags": list(u.tags)}
-            for u in topology.users.values()
-        ]
-    if topology.permissions:
-        document["permissions"] = [
-            {"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
-             "read": p.read}
-            for p in topology.permissions
-        ]
-    return document
-
-
-def _with_arguments(fields: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
-    if arguments:
-        fields["arguments"] = _plain(arguments)
-    return fields
 
 
 def dump(topology: Topology, header: str = HEADER) -> str:

@@ -25,7 +25,7 @@ from amqpd.config.nodes import ConfigError
 from amqpd.topology.apply import apply, desired_state, plan
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
 
 LOGGER = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 
 from amqpd.config.loader import load_settings
 from amqpd.config.nodes import ConfigError
-from amqpd.settings import Settings
+from amqpd.config.settings import Settings
 
 
 @pytest.fixture

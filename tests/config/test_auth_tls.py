@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amqpd.auth import (
+from amqpd.access.auth import (
     AuthError,
     User,
     UserStore,
@@ -19,14 +19,14 @@ from amqpd.auth import (
     hash_password,
     mechanisms_for,
 )
-from amqpd.settings import Settings
-from amqpd.tls import (
+from amqpd.access.tls import (
     TLSConfigError,
     common_name,
     external_allowed,
     peer_common_name,
     server_context,
 )
+from amqpd.config.settings import Settings
 
 
 def rabbit_hash(password: str, algorithm: str, salt: bytes = b"\x01\x02\x03\x04") -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amqpd.auth import check_password
+from amqpd.access.auth import check_password
 from amqpd.cli import main
 from amqpd.config.logs import JsonFormatter, configure_logging
 

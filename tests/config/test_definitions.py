@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amqpd.auth import check_password
-from amqpd.broker import Broker
+from amqpd.access.auth import check_password
+from amqpd.broker.broker import Broker
 from amqpd.cli import main
+from amqpd.config.definitions import DefinitionsError, convert, convert_file
+from amqpd.config.parse import load_topology
 from amqpd.topology.apply import apply_topology
-from amqpd.topology.definitions import DefinitionsError, convert, convert_file
 from amqpd.topology.export import dump
-from amqpd.topology.parse import load_topology
 
 # Shaped like `rabbitmqctl export_definitions` of RabbitMQ 3.13 (see the RabbitMQ docs on
 # definitions); the guest hash is the docs' example for the password "test12".

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amqpd.auth import User
-from amqpd.permissions import (
+from amqpd.access.auth import User
+from amqpd.access.permissions import (
     FULL,
     AccessRefusedError,
     Permission,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from amqpd.auth import hash_password
+from amqpd.access.auth import hash_password
 from amqpd.cli import _parser, cli_overrides
 from amqpd.config.loader import load_settings, show
 from amqpd.config.nodes import ConfigError
-from amqpd.settings import Settings
+from amqpd.config.settings import Settings
 
 FILE = """
 listeners:

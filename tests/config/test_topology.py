@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
-from amqpd.auth import hash_password
-from amqpd.broker import Broker
+from amqpd.access.auth import hash_password
+from amqpd.access.permissions import AccessRefusedError, authorize
+from amqpd.broker.broker import Broker
 from amqpd.config.loader import load_settings
+from amqpd.config.model import Topology
 from amqpd.config.nodes import Origin, compose_text
-from amqpd.permissions import AccessRefusedError, authorize
-from amqpd.settings import Settings
+from amqpd.config.parse import load_topology, parse_topology
+from amqpd.config.settings import Settings
 from amqpd.topology.apply import TopologyError, apply_topology, configure_broker, plan
 from amqpd.topology.export import export_topology, topology_from_broker
-from amqpd.topology.model import Topology
-from amqpd.topology.parse import load_topology, parse_topology
 from amqpd.topology.reload import reload
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "topology.example.yaml"
@@ -165,7 +165,7 @@ def test_plan_errors(text: str, problem: str) -> None:
 
 
 def test_a_failing_step_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
-    from amqpd.vhost import VirtualHost
+    from amqpd.broker.vhost import VirtualHost
 
     broker = Broker()
     before = state(broker)

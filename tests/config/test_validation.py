@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from amqpd.settings import Settings
+from amqpd.config.settings import Settings
 
 TOP = ("auth, data_dir, limits, listeners, logging, permissions, queue_defaults, topology, "
        "topology_file, users, vhosts")
@@ -234,7 +234,7 @@ def test_values_are_converted(load: Callable[..., Settings]) -> None:
 
 
 def test_fraction_watermark_is_a_share_of_memory(load: Callable[..., Settings]) -> None:
-    from amqpd.settings import total_memory
+    from amqpd.config.settings import total_memory
 
     settings = load("limits:\n  memory_high_watermark: 0.5\n")
     assert settings.memory_high_watermark_bytes == total_memory() // 2

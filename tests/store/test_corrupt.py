@@ -17,7 +17,7 @@ from amqpd.store import (
     StoreLockedError,
     StoreVersionError,
 )
-from amqpd.store.sqlite import APPLICATION_ID
+from amqpd.store.sqlite_file import APPLICATION_ID
 
 
 def make_store(path: Path, messages: int = 300) -> None:

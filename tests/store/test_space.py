@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from amqpd.store import Batch, SQLiteStore
-from amqpd.store.sqlite import COMPACT_MIN_FREE_PAGES
+from amqpd.store.sqlite_file import COMPACT_MIN_FREE_PAGES
 
 Q = ("/", "q")
 BODY = os.urandom(256)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from amqpd.message import Message, route_for
+from amqpd.broker.message import Message, route_for
 from amqpd.protocol import codec
 
 

@@ -1,20 +1,20 @@
-"""The broker: settings, users, virtual hosts and the set of open connections."""
+"""The broker: settings, users, virtual hosts and the alarms.
+
+The broker knows nothing of connections: whoever must hear of an alarm (each client
+connection, the I/O shell) registers a callback with :meth:`Broker.add_alarm_listener`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from amqpd.auth import User, UserStore, hash_password
-from amqpd.journal import Journal
-from amqpd.paging import Pager
-from amqpd.settings import Settings
-from amqpd.vhost import VirtualHost
-
-if TYPE_CHECKING:
-    from amqpd.connection import Connection
+from amqpd.access.auth import User, UserStore, hash_password
+from amqpd.broker.journal import Journal
+from amqpd.broker.paging import Pager
+from amqpd.broker.vhost import VirtualHost
+from amqpd.config.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,13 +38,14 @@ class Broker:
         self.cluster_name = "amqpd@localhost"
         self.users = UserStore()
         self.vhosts: dict[str, VirtualHost] = {}
-        self.connections: set[Connection] = set()
         self.journal = Journal()
         limit = getattr(self.settings, "memory_high_watermark_bytes", None)
         self.memory_limit: int = limit or int(total_memory() * DEFAULT_MEMORY_FRACTION)
         self.memory_alarm = False
         self.pager = Pager(self.journal, self.memory_limit // 2)
-        self.alarm_listeners: list[Callable[[bool], None]] = []
+        # Called with True when an alarm is raised and False when it clears; a dict keeps
+        # registration order and removes in O(1) with thousands of connections.
+        self._alarm_listeners: dict[Callable[[bool], None], None] = {}
         self.add_vhost(self.settings.default_vhost)
         default_user = self.settings.default_user
         if default_user:
@@ -87,9 +88,7 @@ class Broker:
                 "memory alarm %s: %d bytes queued, high watermark %d",
                 "raised" if alarm else "cleared", self.journal.queued_bytes, self.memory_limit,
             )
-            for connection in list(self.connections):
-                connection.set_blocked(alarm)
-            for listener in self.alarm_listeners:
+            for listener in list(self._alarm_listeners):
                 listener(alarm)
         return alarm
 
@@ -99,10 +98,10 @@ class Broker:
             vhost.tick(now)
         self.check_memory()
 
-    def connection_opened(self, connection: Connection) -> None:
-        """Track an open connection (for shutdown and limits)."""
-        self.connections.add(connection)
+    def add_alarm_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(raised)`` whenever an alarm is raised or cleared."""
+        self._alarm_listeners[listener] = None
 
-    def connection_closed(self, connection: Connection) -> None:
-        """Forget a connection."""
-        self.connections.discard(connection)
+    def remove_alarm_listener(self, listener: Callable[[bool], None]) -> None:
+        """Stop calling ``listener`` (unknown listeners are ignored)."""
+        self._alarm_listeners.pop(listener, None)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from amqpd.exchange import Exchange
-from amqpd.message import Message
-from amqpd.queue import Queue
+from amqpd.broker.exchange import Exchange
+from amqpd.broker.message import Message
+from amqpd.broker.queue import Queue
 from exchanges import Routable
 
 ExchangeLookup = Callable[[str], Exchange | None]

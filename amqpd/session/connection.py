@@ -26,10 +26,9 @@ from pamqp import commands
 from pamqp.base import Frame as Method
 
 from amqpd import __version__
-from amqpd.auth import AuthError, mechanisms_for
-from amqpd.channel import FLOW_BACKLOG, Channel, ChannelState
-from amqpd.message import Message, QueueEntry
-from amqpd.permissions import check_vhost_access
+from amqpd.access.auth import AuthError, mechanisms_for
+from amqpd.access.permissions import check_vhost_access
+from amqpd.broker.message import Message, QueueEntry
 from amqpd.protocol import codec
 from amqpd.protocol.constants import (
     FRAME_BODY,
@@ -43,11 +42,12 @@ from amqpd.protocol.constants import (
 )
 from amqpd.protocol.errors import AMQPError, ChannelError, ConnectionLevelError, FrameError
 from amqpd.protocol.framing import FrameReader
+from amqpd.session.channel import FLOW_BACKLOG, Channel, ChannelState
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
-    from amqpd.queue import Queue
-    from amqpd.vhost import VirtualHost
+    from amqpd.broker.broker import Broker
+    from amqpd.broker.queue import Queue
+    from amqpd.broker.vhost import VirtualHost
 
 LOGGER = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class Connection:
         check_vhost_access(self.user, name)
         self.vhost = vhost
         self.state = ConnectionState.OPEN
-        self.broker.connection_opened(self)
+        self.broker.add_alarm_listener(self.set_blocked)
         self.write_method(0, commands.Connection.OpenOk())
 
     # -- channels ----------------------------------------------------------------------
@@ -609,7 +609,7 @@ class Connection:
             channel.release()
         if self.vhost is not None:
             self.vhost.drop_exclusive_queues(self)
-            self.broker.connection_closed(self)
+            self.broker.remove_alarm_listener(self.set_blocked)
             self.vhost = None  # type: ignore[assignment]
 
     def connection_lost(self) -> None:

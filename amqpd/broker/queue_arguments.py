@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from amqpd.config.settings import QueueDefaults
 from amqpd.protocol.errors import ChannelError
-from amqpd.settings import QueueDefaults
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum")

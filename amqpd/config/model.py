@@ -1,6 +1,6 @@
 """Plain data of a topology: vhosts, exchanges, queues, bindings, users and permissions.
 
-No broker or YAML dependency here, so :mod:`amqpd.settings` can hold these objects. Every
+No broker or YAML dependency here, so :mod:`amqpd.config.settings` can hold these objects. Every
 object carries ``where`` -- ``FILE:LINE:COLUMN`` of its declaration, or another description of
 where it came from -- so conflicts and errors can name both sides.
 """

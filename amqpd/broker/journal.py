@@ -2,7 +2,7 @@
 
 The core (vhost, queues) calls a :class:`Journal` for each durable definition change and each
 message entering or leaving a queue. The base class keeps only the broker-wide memory
-account; the persistent journal (``amqpd.persistence``) also turns the calls into store
+account; the persistent journal (``amqpd.broker.persistence``) also turns the calls into store
 batches. Keeping this seam narrow is what lets the core stay synchronous and I/O-free.
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from amqpd.message import QueueEntry
+from amqpd.broker.message import ENTRY_OVERHEAD, QueueEntry
 
 if TYPE_CHECKING:
-    from amqpd.exchange import Exchange
-    from amqpd.queue import Queue
-
-# Rough per-entry overhead of a queued message beyond its body (objects, deque slot).
-ENTRY_OVERHEAD = 400
+    from amqpd.broker.exchange import Exchange
+    from amqpd.broker.queue import Queue
 
 
 class Journal:

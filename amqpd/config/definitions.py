@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amqpd.auth import hash_algorithm
-from amqpd.topology.model import (
+from amqpd.access.auth import hash_algorithm
+from amqpd.config.model import (
     BindingSpec,
     ExchangeSpec,
     PermissionSpec,

@@ -11,7 +11,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 
-from amqpd.topology.model import PermissionSpec, Topology, UserSpec
+from amqpd.config.model import PermissionSpec, Topology, UserSpec
 
 #: Values of ``queue_defaults.overflow`` (RabbitMQ's ``x-overflow``).
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")

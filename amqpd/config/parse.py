@@ -1,4 +1,4 @@
-"""A topology document (YAML) to :class:`~amqpd.topology.model.Topology`, with positions.
+"""A topology document (YAML) to :class:`~amqpd.config.model.Topology`, with positions.
 
 The shape (see ``config/topology.example.yaml``)::
 
@@ -30,7 +30,16 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from amqpd.auth import hash_algorithm
+from amqpd.access.auth import hash_algorithm
+from amqpd.config.model import (
+    BindingSpec,
+    ExchangeSpec,
+    PermissionSpec,
+    QueueSpec,
+    Topology,
+    UserSpec,
+    VhostSpec,
+)
 from amqpd.config.nodes import (
     BOOL,
     FLOAT,
@@ -51,15 +60,6 @@ from amqpd.config.nodes import (
     sequence,
     string,
     unknown_key,
-)
-from amqpd.topology.model import (
-    BindingSpec,
-    ExchangeSpec,
-    PermissionSpec,
-    QueueSpec,
-    Topology,
-    UserSpec,
-    VhostSpec,
 )
 
 TOPOLOGY_KEYS = ("vhosts", "users", "permissions")

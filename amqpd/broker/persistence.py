@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from amqpd.exchange import Exchange
-from amqpd.journal import Journal
-from amqpd.message import Message, QueueEntry, route_for
-from amqpd.queue import Queue
+from amqpd.broker.exchange import Exchange
+from amqpd.broker.journal import Journal
+from amqpd.broker.message import Message, QueueEntry, route_for
+from amqpd.broker.queue import Queue
 from amqpd.store import (
     Batch,
     BindingRecord,
@@ -38,7 +38,7 @@ from amqpd.store import (
 )
 
 if TYPE_CHECKING:
-    from amqpd.broker import Broker
+    from amqpd.broker.broker import Broker
 
 LOGGER = logging.getLogger(__name__)
 

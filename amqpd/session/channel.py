@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 from pamqp.base import Frame as Method
 
-from amqpd import routing
-from amqpd.consumer import Consumer
-from amqpd.declarations import DeclarationMethods
-from amqpd.lease import LEASE_EXCHANGE, parse_lease
-from amqpd.message import Message, QueueEntry, route_for
+from amqpd.broker import routing
+from amqpd.broker.lease import LEASE_EXCHANGE, parse_lease
+from amqpd.broker.message import Message, QueueEntry, route_for
+from amqpd.broker.queue import Queue
+from amqpd.broker.transaction import PendingPublish, PendingSettle, Transaction
+from amqpd.broker.vhost import generate_name
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
-from amqpd.queue import Queue
-from amqpd.transaction import PendingPublish, PendingSettle, Transaction
-from amqpd.vhost import generate_name
+from amqpd.session.consumer import Consumer
+from amqpd.session.declarations import DeclarationMethods
 
 if TYPE_CHECKING:
-    from amqpd.connection import Connection
+    from amqpd.session.connection import Connection
 
 
 # Ready messages in a consumed queue above which its publishers yield to its consumers.

@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Protocol
 
-from amqpd.journal import ENTRY_OVERHEAD, Journal
-from amqpd.message import Message, QueueEntry, route_for
+from amqpd.broker.message import ENTRY_OVERHEAD, Message, QueueEntry, route_for
 
 LOGGER = logging.getLogger(__name__)
 
@@ -127,10 +127,16 @@ class SpillFile:
             self.path.unlink(missing_ok=True)
 
 
+class MemoryAccount(Protocol):
+    """The broker-wide count of queued bytes (the journal keeps it)."""
+
+    queued_bytes: int
+
+
 class Pager:
     """Decides when queues page, and owns the scratch file (created on first use)."""
 
-    def __init__(self, journal: Journal, budget: int, path: Path | None = None) -> None:
+    def __init__(self, journal: MemoryAccount, budget: int, path: Path | None = None) -> None:
         # Bytes of queued messages held in memory above which long queues start paging
         # (RabbitMQ pages at half its memory high watermark, and so does amqpd by default).
         self.journal = journal

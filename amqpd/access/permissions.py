@@ -35,13 +35,11 @@ compiled set caches its recent answers, so a check on the publish path is a dict
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
-
-if TYPE_CHECKING:
-    from amqpd.auth import User
 
 PermissionName = Literal["configure", "write", "read"]
 ResourceKind = Literal["queue", "exchange"]
@@ -97,6 +95,22 @@ class Permission:
 
 #: ``.*`` for all three: what the default user gets on the default vhost.
 FULL = Permission()
+
+
+class User(Protocol):
+    """Whose permissions are checked (:class:`amqpd.access.auth.User` is one)."""
+
+    @property
+    def name(self) -> str:
+        """The user name, quoted in refusals."""
+
+    @property
+    def permissions(self) -> Mapping[str, Permission]:
+        """The compiled permissions per vhost."""
+
+    @property
+    def vhosts(self) -> Set[str]:
+        """The vhosts the user may open."""
 
 
 def resource_name(resource_kind: ResourceKind, name: str) -> str:

@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import exchanges
-from amqpd import routing
-from amqpd.deadletter import dead_lettered, is_cycle
-from amqpd.exchange import Exchange
-from amqpd.journal import Journal
-from amqpd.message import Message, QueueEntry
-from amqpd.paging import Pager
+from amqpd.broker import routing
+from amqpd.broker.deadletter import dead_lettered, is_cycle
+from amqpd.broker.exchange import Exchange
+from amqpd.broker.journal import Journal
+from amqpd.broker.message import Message, QueueEntry
+from amqpd.broker.paging import Pager
+from amqpd.broker.queue import Queue
+from amqpd.broker.queue_arguments import parse_queue_arguments
+from amqpd.config.settings import QueueDefaults
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
-from amqpd.queue import Queue
-from amqpd.queue_arguments import parse_queue_arguments
-from amqpd.settings import QueueDefaults
 
 if TYPE_CHECKING:
-    from amqpd.connection import Connection
+    from amqpd.broker.consumer import QueueOwner
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ PREDECLARED = {
     "amq.topic": "topic",
     "amq.headers": "headers",
     "amq.match": "headers",
-    # Publishing here extends the ack deadline of a delivery (see amqpd.lease).
+    # Publishing here extends the ack deadline of a delivery (see amqpd.broker.lease).
     "amq.lease": "direct",
 }
 
@@ -121,7 +121,7 @@ class VirtualHost:
             raise ChannelError(404, f"no exchange '{name}' in vhost '{self.name}'")
         return exchange
 
-    def queue_or_404(self, name: str, connection: Connection | None) -> Queue:
+    def queue_or_404(self, name: str, connection: QueueOwner | None) -> Queue:
         """The queue of that name usable by this connection, or 404 / 405."""
         queue = self.queues.get(name)
         if queue is None:
@@ -129,7 +129,7 @@ class VirtualHost:
         self.check_exclusive(queue, connection)
         return queue
 
-    def check_exclusive(self, queue: Queue, connection: Connection | None) -> None:
+    def check_exclusive(self, queue: Queue, connection: QueueOwner | None) -> None:
         """405 when another connection owns the exclusive queue."""
         owner = queue.exclusive_owner
         if owner is not None and owner is not connection:
@@ -234,7 +234,7 @@ class VirtualHost:
     def declare_queue(
         self,
         name: str,
-        connection: Connection | None,
+        connection: QueueOwner | None,
         passive: bool = False,
         durable: bool = False,
         exclusive: bool = False,
@@ -287,7 +287,7 @@ class VirtualHost:
         self.journal.definitions_version += 1
         return queue
 
-    # -- queue hooks (amqpd.queue.QueueHooks) ------------------------------------------
+    # -- queue hooks (amqpd.broker.queue.QueueHooks) ------------------------------------------
 
     def queue_unused(self, queue: Queue) -> None:
         """An auto-delete queue lost its last consumer."""
@@ -351,7 +351,7 @@ class VirtualHost:
                 self.remove_queue(queue)
 
     def delete_queue(
-        self, name: str, connection: Connection | None, if_unused: bool, if_empty: bool
+        self, name: str, connection: QueueOwner | None, if_unused: bool, if_empty: bool
     ) -> int:
         """queue.delete; returns the number of messages dropped. Missing is not an error."""
         queue = self.queues.get(name)
@@ -375,7 +375,7 @@ class VirtualHost:
         self.journal.definitions_version += 1
         queue.on_deleted()
         for consumer in consumers:
-            consumer.channel.cancel_by_server(consumer)
+            consumer.cancel_by_server()
 
     # -- bindings ----------------------------------------------------------------------
 
@@ -454,7 +454,7 @@ class VirtualHost:
             raise ChannelError(403, "operation not permitted on the default exchange")
         return self.exchange_or_404(name)
 
-    def drop_exclusive_queues(self, connection: Connection) -> None:
+    def drop_exclusive_queues(self, connection: QueueOwner) -> None:
         """Delete the exclusive queues of a connection that is closing."""
         for queue in [q for q in self.queues.values() if q.exclusive_owner is connection]:
             self.remove_queue(queue)

@@ -16,6 +16,10 @@ from pamqp import commands
 
 from amqpd.protocol import codec
 
+# Rough per-entry overhead of a queued message beyond its body (objects, deque slot):
+# what the memory account (journal, pager) charges for each entry on top of the body.
+ENTRY_OVERHEAD = 400
+
 
 class Route:
     """Where a message was published: exchange and routing key, as text and as the UTF-8

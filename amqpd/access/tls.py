@@ -11,16 +11,31 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from amqpd.settings import Settings
+
+class TLSOptions(Protocol):
+    """The TLS settings of the amqps listener (``amqpd.config.settings.Settings`` has them)."""
+
+    @property
+    def tls_certfile(self) -> str | None: ...
+    @property
+    def tls_keyfile(self) -> str | None: ...
+    @property
+    def tls_cafile(self) -> str | None: ...
+    @property
+    def tls_verify_peer(self) -> bool: ...
+    @property
+    def tls_fail_if_no_peer_cert(self) -> bool: ...
+    @property
+    def tls_enabled(self) -> bool: ...
 
 
 class TLSConfigError(ValueError):
     """The TLS settings cannot make a working context (missing or unreadable files)."""
 
 
-def server_context(settings: Settings) -> ssl.SSLContext:
+def server_context(settings: TLSOptions) -> ssl.SSLContext:
     """The SSLContext of the amqps listener.
 
     Raises:
@@ -87,6 +102,6 @@ def peer_common_name(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | 
         return None
 
 
-def external_allowed(settings: Settings) -> bool:
+def external_allowed(settings: TLSOptions) -> bool:
     """True when the TLS listener verifies client certificates (EXTERNAL may be offered)."""
     return settings.tls_enabled and settings.tls_verify_peer

@@ -28,13 +28,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from amqpd.message import Message, QueueEntry
-from amqpd.paging import KEEP_IN_MEMORY, READ_BACK, WRITE_CHUNK, Pager
-from amqpd.queue_arguments import QueuePolicy
+from amqpd.broker.message import Message, QueueEntry
+from amqpd.broker.paging import KEEP_IN_MEMORY, READ_BACK, WRITE_CHUNK, Pager
+from amqpd.broker.queue_arguments import QueuePolicy
 
 if TYPE_CHECKING:
-    from amqpd.connection import Connection
-    from amqpd.consumer import Consumer
+    from amqpd.broker.consumer import QueueConsumer, QueueOwner
 
 READY = QueueEntry.READY
 DELIVERED = QueueEntry.DELIVERED
@@ -71,7 +70,7 @@ class Queue:
         name: str,
         vhost_name: str,
         durable: bool = False,
-        exclusive_owner: Connection | None = None,
+        exclusive_owner: QueueOwner | None = None,
         auto_delete: bool = False,
         arguments: Mapping[str, object] | None = None,
         policy: QueuePolicy | None = None,
@@ -86,7 +85,7 @@ class Queue:
         self.policy = policy or QueuePolicy()
         self.hooks = hooks
         self.ready: deque[QueueEntry] = deque()
-        self.consumers: deque[Consumer] = deque()
+        self.consumers: deque[QueueConsumer] = deque()
         self.tombstones = 0
         self.ready_bytes = 0
         self.had_consumers = False
@@ -94,7 +93,7 @@ class Queue:
         self.last_used = time.monotonic()
         self._expiries: list[tuple[float, int, QueueEntry]] = []
         self._seq = itertools.count()
-        # Paging (amqpd.paging): entries newer than every in-memory ready entry, oldest
+        # Paging (amqpd.broker.paging): entries newer than every in-memory ready entry, oldest
         # first -- ``paged`` of them in all, ``_spill_buffer`` the ones not written yet.
         self.pager: Pager | None = None
         self.paged = 0
@@ -276,7 +275,7 @@ class Queue:
             return entry
         return None
 
-    def _next_consumer(self) -> Consumer | None:
+    def _next_consumer(self) -> QueueConsumer | None:
         consumers = self.consumers
         if len(consumers) == 1 or self.policy.single_active_consumer:
             active = consumers[0]
@@ -305,7 +304,7 @@ class Queue:
             entry.state = DELIVERED
             if self.durable and self.hooks is not None:
                 self.hooks.entry_delivered(self, entry)
-            consumer.channel.deliver(consumer, entry)
+            consumer.deliver(entry)
 
     def take(self) -> QueueEntry | None:
         """Remove and return the head for basic.get (expired heads are dropped first)."""
@@ -432,14 +431,14 @@ class Queue:
 
     # -- consumers ---------------------------------------------------------------------
 
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: QueueConsumer) -> None:
         """Attach a consumer and start delivering to it."""
         self.consumers.append(consumer)
         self.had_consumers = True
         self.last_used = time.monotonic()
         self.dispatch()
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: QueueConsumer) -> None:
         """Detach a consumer; an auto-delete queue goes when its last consumer does."""
         try:
             self.consumers.remove(consumer)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pamqp import decode
 
-from amqpd.permissions import FULL, Permission
+from amqpd.access.permissions import FULL, Permission
 
 #: RabbitMQ's hashing modules by the length of salt (4 bytes) + digest.
 HASH_ALGORITHMS = {
@@ -67,7 +67,7 @@ class User:
     """A broker user.
 
     ``permissions`` maps a vhost to the user's compiled configure/write/read patterns there
-    (see :mod:`amqpd.permissions`); ``vhosts`` is the set of vhosts it may open (those with
+    (see :mod:`amqpd.access.permissions`); ``vhosts`` is the set of vhosts it may open (those with
     a permission entry). A vhost given only in ``vhosts`` gets full permissions (``.*``).
     An empty ``password_hash`` means no password login (EXTERNAL only).
     """
@@ -128,7 +128,7 @@ def mechanisms_for(external: bool) -> str:
     """The ``mechanisms`` field of connection.start.
 
     ``external`` is true on a TLS connection whose client presented a certificate that the
-    listener verified (:func:`amqpd.tls.peer_common_name` returned a name).
+    listener verified (:func:`amqpd.access.tls.peer_common_name` returned a name).
     """
     return "PLAIN AMQPLAIN EXTERNAL" if external else "PLAIN AMQPLAIN"
 

@@ -1,4 +1,8 @@
-"""A consumer: one basic.consume subscription of a channel to a queue, with its credit."""
+"""A consumer: one basic.consume subscription of a channel to a queue, with its credit.
+
+It implements the broker's :class:`~amqpd.broker.consumer.QueueConsumer`: the queue asks
+``can_take`` and calls ``deliver``; both end in the channel.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from amqpd.channel import Channel
-    from amqpd.queue import Queue
+    from amqpd.broker.message import QueueEntry
+    from amqpd.broker.queue import Queue
+    from amqpd.session.channel import Channel
 
 
 class Consumer:
@@ -65,3 +70,11 @@ class Consumer:
             return False
         limit = channel.global_prefetch_count
         return not (limit and channel.unacked_count >= limit)
+
+    def deliver(self, entry: QueueEntry) -> None:
+        """Send a message the queue picked for this consumer (basic.deliver)."""
+        self.channel.deliver(self, entry)
+
+    def cancel_by_server(self) -> None:
+        """The queue went away: the channel sends basic.cancel if the client wants it."""
+        self.channel.cancel_by_server(self)

@@ -1,6 +1,6 @@
 """The exchange and queue classes of a channel: declare, delete, bind, unbind, purge.
 
-A mixin of :class:`amqpd.channel.Channel`, kept apart because these methods only check
+A mixin of :class:`amqpd.session.channel.Channel`, kept apart because these methods only check
 permissions, call the virtual host and answer; the channel's delivery and acknowledgement
 state stays in ``channel.py``. Permission checks come before existence checks, as in RabbitMQ.
 """
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from amqpd.permissions import authorize
+from amqpd.access.permissions import authorize
+from amqpd.broker.vhost import generate_name
 from amqpd.protocol.errors import ChannelError
-from amqpd.vhost import generate_name
 
 if TYPE_CHECKING:
-    from amqpd.connection import Connection
+    from amqpd.session.connection import Connection
 
 
 class DeclarationMethods:

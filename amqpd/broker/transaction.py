@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from amqpd.message import Message
+from amqpd.broker.message import Message
 from amqpd.protocol import codec
 
 
