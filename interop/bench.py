@@ -15,7 +15,13 @@ Scenarios (256-byte bodies, fresh uniquely named queues, deleted afterwards):
                     (multiple=False) per message, the acks for one read sent
                     together (like perf-test's default, pipelined)
   e2e               producer + consumer on one queue, rate at the consumer
-  latency           5,000 msgs/s, send timestamp in the body; p50/p99/p99.9
+  latency_1k/5k/20k open loop at 1,000/5,000/20,000 msgs/s: message i is sent
+                    at its scheduled time and stamped with it, latency = receive
+                    time - scheduled time (no coordinated omission); p50, p99,
+                    p99.9, max; publisher and consumer in their own processes
+  parallel_6/32     6 / 32 producer/consumer pairs, own queues and connections;
+                    aggregate deliveries/s
+  large_64k/1m      producer + consumer, 64 KiB / 1 MiB bodies; msgs/s and MB/s
   fanout            fanout exchange, 10 queues, a consumer each; deliveries/s
   topic             topic exchange, 10,000 bindings on 4 queues, half the keys
                     match; ends when a marker published last has been routed
@@ -53,11 +59,16 @@ from types import FrameType
 from typing import Any
 
 try:
+    from interop import bench_open_loop, loadgen
     from interop import bench_scenarios as sc
-    from interop import loadgen
 except ImportError:  # run as a script: interop/ itself is on sys.path
+    import bench_open_loop  # type: ignore[no-redef]
     import bench_scenarios as sc  # type: ignore[no-redef]
     import loadgen  # type: ignore[no-redef]
+
+# One registry for the run: the classic scenarios and the open-loop/parallel/large ones.
+sc.SCENARIOS.update(bench_open_loop.SCENARIOS)
+sc.METRICS.update(bench_open_loop.METRICS)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Between runs, wait until the broker is idle (queue deletion, GC, a backlog

@@ -12,7 +12,6 @@ import itertools
 import os
 import random
 import resource
-import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -50,7 +49,6 @@ class Options:
     prefill: int = 200_000
     backlog: int = 1_000_000
     connections: int = 1000
-    latency_rate: float = 5000.0
     cap: float = 60.0
 
 
@@ -362,44 +360,6 @@ def percentile(ordered: list[int], fraction: float) -> float:
     return ordered[index] / 1e6
 
 
-def latency(ctx: Ctx) -> dict[str, Any]:
-    """Fixed-rate publishing with send timestamps; percentiles at the consumer."""
-    queue = ctx.new_queue()
-    duration, rate = max(ctx.opts.duration, 2.0), ctx.opts.latency_rate
-    workers: list[Worker] = [
-        # The first 0.5 s (connection warm-up on both sides) is not sampled.
-        Consumer(
-            ctx.url,
-            [queue],
-            PREFETCH,
-            duration=duration + 2.0,
-            stamps=True,
-            warmup=0.5,
-            stop_idle=1.0,
-            name="consumer",
-        ),
-        PacedPublisher(ctx.url, queue, BODY_SIZE, rate=rate, duration=duration),
-    ]
-    timed = ctx.timed(workers)
-    samples = sorted(next(r for r in timed.results if r["name"] == "consumer")["latencies_ns"])
-    if not samples:
-        raise RuntimeError("no latency samples")
-    sent = timed.count("paced-publisher")
-    return {
-        "p50_ms": round(percentile(samples, 0.50), 3),
-        "p99_ms": round(percentile(samples, 0.99), 3),
-        "p999_ms": round(percentile(samples, 0.999), 3),
-        "max_ms": round(samples[-1] / 1e6, 3),
-        "mean_ms": round(statistics.fmean(samples) / 1e6, 3),
-        "rate": rate,
-        "messages": sent,
-        "samples": len(samples),
-        "received": timed.count("consumer"),
-        "seconds": duration,
-        **timed.cpu_fields(),
-    }
-
-
 def fanout(ctx: Ctx) -> dict[str, Any]:
     """Fanout exchange to 10 queues, one consumer each; deliveries/s."""
     exchange = ctx.new_exchange("fanout")
@@ -671,7 +631,6 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "publish_confirm": publish_confirm,
     "consume": consume,
     "e2e": e2e,
-    "latency": latency,
     "fanout": fanout,
     "topic": topic,
     "persistent": persistent,
@@ -683,11 +642,6 @@ CORE = ["publish", "publish_confirm", "consume", "e2e"]
 
 # Headline metrics per scenario: (field, label, higher_is_better).
 METRICS: dict[str, list[tuple[str, str, bool]]] = {
-    "latency": [
-        ("p50_ms", "p50 ms", False),
-        ("p99_ms", "p99 ms", False),
-        ("p999_ms", "p99.9 ms", False),
-    ],
     "fanout": [("deliveries_per_s", "deliveries/s", True)],
     "idle_connections": [
         ("connect_per_s", "connects/s", True),

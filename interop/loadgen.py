@@ -62,6 +62,8 @@ CHANNEL_CLOSE = _method_id(20, 40)
 SOCKET_TIMEOUT = 15.0
 SYNC_TIMEOUT = 120.0  # the caller's per-scenario cap is the real bound
 RECV_SIZE = 1 << 18
+# The largest body frame payload under the default frame_max of 131,072 bytes.
+BODY_FRAME_MAX = 131_072 - 8
 CLIENT_PROPERTIES = {
     "product": "amqpd-bench",
     "platform": "Python",
@@ -311,13 +313,21 @@ class Connection:
 def encode_publish(
     exchange: str, routing_key: str, body: bytes, *, channel: int = 1, persistent: bool = False
 ) -> bytes:
-    """One Basic.Publish + ContentHeader + Body, ready to be sent (or repeated)."""
+    """One Basic.Publish + ContentHeader + body frame(s), ready to be sent (or repeated).
+
+    Bodies larger than a frame are split into frames of at most ``BODY_FRAME_MAX`` bytes
+    (RabbitMQ's and amqpd's default frame_max, 128 KiB, less the frame's own 8 bytes).
+    """
     props = commands.Basic.Properties(delivery_mode=2) if persistent else None
-    return (
-        frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), channel)
-        + frame.marshal(header.ContentHeader(0, len(body), props), channel)
-        + frame.marshal(pbody.ContentBody(body), channel)
+    parts = [
+        frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), channel),
+        frame.marshal(header.ContentHeader(0, len(body), props), channel),
+    ]
+    parts.extend(
+        frame.marshal(pbody.ContentBody(body[start : start + BODY_FRAME_MAX]), channel)
+        for start in range(0, len(body), BODY_FRAME_MAX)
     )
+    return b"".join(parts)
 
 
 def encode_publish_prefix(
@@ -567,7 +577,14 @@ class Publisher(Worker):
 
 @dataclass
 class PacedPublisher(Worker):
-    """Publishes at a fixed rate, stamping CLOCK_MONOTONIC ns into each body."""
+    """Open loop: message i is due at t0 + i / rate and carries that *scheduled* time.
+
+    The body starts with the scheduled CLOCK_MONOTONIC time in ns (the clock is shared by
+    every process on the machine), so the consumer's receive time minus the stamp is the
+    latency a user would see: when the broker, or this process's socket under TCP
+    backpressure, falls behind, the late messages are charged their whole wait instead of
+    being sent later with a fresh stamp (no coordinated omission).
+    """
 
     url: AmqpUrl
     queue: str
@@ -588,24 +605,92 @@ class PacedPublisher(Worker):
         assert self.conn is not None
         sock, prefix, tail, pack = self.conn.sock, self.prefix, self.tail, U64.pack
         end, sent = t0 + self.duration, 0
-        # Sending whatever is due after each short sleep keeps the rate exact
-        # without a busy loop; at 5k/s that is one or two messages per send.
+        t0_ns, interval_ns = int(t0 * 1e9), 1e9 / self.rate
+        late_sends = 0
+        # Sleep until the next message is due, then send everything that is due (message i
+        # is due at t0 + i / rate): no busy loop, and the sleep's own overshoot (tens of
+        # microseconds) is charged to the broker like any other delay, the same for each.
         while True:
             now = time.monotonic()
             if now >= end:
                 break
-            due = int((now - t0) * self.rate) - sent
+            due = int((now - t0) * self.rate) + 1 - sent
             if due <= 0:
-                time.sleep(0.0002)
+                time.sleep(max(0.0, t0 + sent / self.rate - now))
                 continue
-            stamp = pack(time.monotonic_ns())
-            sock.sendall(b"".join([prefix, stamp, tail] * due))
+            if due > 8:
+                late_sends += 1  # this process fell behind its schedule (the stamps still hold)
+            sock.sendall(
+                b"".join(
+                    [prefix + pack(t0_ns + int(i * interval_ns)) + tail
+                     for i in range(sent, sent + due)]
+                )
+            )
             sent += due
-        return {"count": sent, "end": time.monotonic()}
+        return {"count": sent, "end": time.monotonic(), "late_sends": late_sends}
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+@dataclass
+class PairPublisher(Worker):
+    """Publishes as fast as the sockets take it on several connections, one queue each.
+
+    The sockets are non-blocking and served in turn, so a connection the broker holds back
+    (flow control, TCP backpressure) does not stop the others: each producer of a
+    producer/consumer pair behaves as if it had a process of its own.
+    """
+
+    url: AmqpUrl
+    queues: list[str]
+    body: bytes
+    duration: float
+    batch: int = 100
+    name: str = "publisher"
+    conns: list[Connection] = field(default_factory=list)
+    batch_bufs: list[bytes] = field(default_factory=list)
+
+    def setup(self) -> None:
+        self.conns = [Connection(self.url) for _ in self.queues]
+        self.batch_bufs = [encode_publish("", q, self.body) * self.batch for q in self.queues]
+
+    def run(self, t0: float) -> dict[str, Any]:
+        deadline, sent = t0 + self.duration, 0
+        selector = selectors.DefaultSelector()
+        pending: dict[int, memoryview] = {}
+        for index, conn in enumerate(self.conns):
+            conn.sock.setblocking(False)
+            selector.register(conn.sock, selectors.EVENT_WRITE, index)
+            pending[index] = memoryview(self.batch_bufs[index])
+        while time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.05):
+                index = key.data
+                view = pending[index]
+                try:
+                    written = self.conns[index].sock.send(view)
+                except BlockingIOError:
+                    continue
+                view = view[written:]
+                if not view:
+                    sent += self.batch
+                    view = memoryview(self.batch_bufs[index])
+                pending[index] = view
+        selector.close()
+        end = time.monotonic()
+        for index, conn in enumerate(self.conns):
+            conn.sock.settimeout(SOCKET_TIMEOUT)
+            if len(pending[index]) != len(self.batch_bufs[index]):
+                conn.sock.sendall(pending[index])  # finish the batch in flight: whole frames
+                sent += self.batch
+        for conn in self.conns:
+            conn.sync()
+        return {"count": sent, "end": end}
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
 
 
 @dataclass

@@ -6,7 +6,8 @@ It implements the broker's :class:`~amqpd.broker.consumer.QueueConsumer`: the qu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ class Consumer:
     __slots__ = (
         "arguments",
         "channel",
+        "deliver",
         "exclusive",
         "no_ack",
         "prefetch_count",
@@ -50,6 +52,9 @@ class Consumer:
         self.prefetch_count = prefetch_count
         self.arguments = arguments
         self.unacked = 0
+        # The queue's dispatch loop calls this once per message: a partial goes straight to
+        # the channel without a Python frame of its own.
+        self.deliver: Callable[[QueueEntry], None] = partial(channel.deliver, self)
 
     def can_take(self) -> bool:
         """Whether one more delivery may go to this consumer now.
@@ -70,10 +75,6 @@ class Consumer:
             return False
         limit = channel.global_prefetch_count
         return not (limit and channel.unacked_count >= limit)
-
-    def deliver(self, entry: QueueEntry) -> None:
-        """Send a message the queue picked for this consumer (basic.deliver)."""
-        self.channel.deliver(self, entry)
 
     def cancel_by_server(self) -> None:
         """The queue went away: the channel sends basic.cancel if the client wants it."""
