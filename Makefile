@@ -17,12 +17,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,dev,fast]'
 	@touch $(STAMP)
 
-# Start the broker in the foreground on localhost:5672 (guest/guest, data in ./data).
+# Start the broker in the foreground on localhost:5672, 127.0.0.1 and ::1 (guest/guest, data
+# in ./data).
 run: $(STAMP)
-	$(BIN)/amqpd --host 127.0.0.1 --port 5672 --data-dir ./data
+	$(BIN)/amqpd --host localhost --port 5672 --data-dir ./data
+
+# Node.js and amqplib for interop/test_node_amqplib.py: Debian's nodejs and npm when node is
+# missing (root), then `npm ci` from the lock file; once, until the lock file changes. When
+# this cannot install them, that test is skipped and says why.
+NODE_STAMP := interop/node/node_modules/.installed-stamp
+$(NODE_STAMP): interop/node/package.json interop/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing; installing nodejs and npm with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm \
+		>/dev/null; } || echo "could not install nodejs and npm: the Node interop test is skipped"
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix interop/node --no-audit --no-fund --loglevel=error && touch $@; fi
 
 # Every test: lint, types, unit tests and the interop suite against a fresh broker.
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(NODE_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -32,7 +44,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The interop suite against Debian's RabbitMQ (installed if missing), for differential checks.
-test-rabbitmq: $(STAMP)
+test-rabbitmq: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python interop/rabbitmq.py run -- $(BIN)/python -m pytest -q interop
 
 # The kill -9 crash test, many rounds (make test runs two of each).

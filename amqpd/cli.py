@@ -9,6 +9,7 @@
     amqpd [OPTIONS] export-topology [-o FILE]
     amqpd import-definitions FILE.json [-o FILE]
     amqpd hash-password [PASSWORD]
+    amqpd ctl [--url URL] [-u USER -p PASS] COMMAND ...   rabbitmqctl's commands over HTTP
 
 Precedence of settings: command line (flags, ``--set PATH=VALUE``) > environment
 (``AMQPD_*``) > configuration file > built-in default.
@@ -47,6 +48,8 @@ SETTING_FLAGS = {
     "--tls-certfile": "tls_certfile",
     "--tls-keyfile": "tls_keyfile",
     "--tls-cafile": "tls_cafile",
+    "--management-port": "management_port",
+    "--prometheus-port": "prometheus_port",
     "--topology": "topology",
 }
 
@@ -58,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Precedence: command line > environment (AMQPD_*) > --config file > defaults. "
                "See config/amqpd.yaml for every setting.",
     )
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", help="address to listen on (default localhost: 127.0.0.1 "
+                        "and ::1; :: is every address)")
     parser.add_argument("--port", help="port to listen on; 0 picks a free one")
     parser.add_argument("--config", help="broker configuration file (YAML); default "
                         "$AMQPD_CONFIG or config/amqpd.yaml when present")
@@ -70,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-keyfile", help="server private key (PEM)")
     parser.add_argument("--tls-cafile", help="CA certificates for client certificates")
     parser.add_argument("--topology", help="topology file applied at start and on SIGHUP")
+    parser.add_argument("--management-port",
+                        help="port of the management HTTP API (15672); 0 picks a free one")
+    parser.add_argument("--prometheus-port",
+                        help="port of the Prometheus metrics (15692); 0 picks a free one")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                         help="any setting, e.g. --set limits.frame_max=65536 (repeatable)")
     commands = parser.add_subparsers(dest="command")
@@ -88,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("--password", help="default: the configured default password")
     ping.add_argument("--vhost", help="default: the configured default vhost")
     ping.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    ping.add_argument("--fail-on-alarm", action="store_true",
+                      help="exit 1 also when the broker reports an alarm or a failed store")
     export = commands.add_parser("export-topology", help="write the topology as YAML")
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
     importer = commands.add_parser(
@@ -244,8 +254,11 @@ def _read_method(sock: socket.socket, reader: FrameReader) -> object:
         reader.feed(data)
 
 
-def ping(host: str, port: int, user: str, password: str, vhost: str, timeout: float) -> str:
-    """connection.start/start-ok/tune/tune-ok/open/close; returns the server product.
+def ping(
+    host: str, port: int, user: str, password: str, vhost: str, timeout: float
+) -> tuple[str, str | None]:
+    """connection.start/start-ok/tune/tune-ok/open/close; returns the server product and
+    amqpd's health report from the server properties (None from other brokers).
 
     Raises:
         PingError: with the broker's reply or the socket error.
@@ -284,7 +297,11 @@ def ping(host: str, port: int, user: str, password: str, vhost: str, timeout: fl
         expect(_read_method(sock, reader), commands.Connection.CloseOk)
     product = properties.get("product", b"?")
     version = properties.get("version", b"?")
-    return " ".join(v.decode() if isinstance(v, bytes) else str(v) for v in (product, version))
+    health = properties.get("health")
+    return (
+        " ".join(v.decode() if isinstance(v, bytes) else str(v) for v in (product, version)),
+        health.decode() if isinstance(health, bytes) else None if health is None else str(health),
+    )
 
 
 def ping_command(args: argparse.Namespace) -> int:
@@ -293,7 +310,9 @@ def ping_command(args: argparse.Namespace) -> int:
         settings = load(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    host = args.ping_host or {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+    # A wildcard is not an address to connect to; localhost always has its IPv4 socket.
+    host = args.ping_host or {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1",
+                              "localhost": "127.0.0.1"}.get(
         settings.host, settings.host
     )
     port = args.ping_port if args.ping_port is not None else settings.port
@@ -302,12 +321,15 @@ def ping_command(args: argparse.Namespace) -> int:
     vhost = args.vhost if args.vhost is not None else settings.default_vhost
     started = time.monotonic()
     try:
-        product = ping(host, port, user, password, vhost, args.timeout)
+        product, health = ping(host, port, user, password, vhost, args.timeout)
     except (OSError, PingError) as exc:
         return _fail(f"amqpd ping: {host}:{port}: {exc}")
     elapsed = (time.monotonic() - started) * 1000
-    print(f"{host}:{port}: {product} is up ({elapsed:.0f} ms)")  # noqa: T201
-    return 0
+    report = "" if health is None else f"; health: {health}"
+    print(f"{host}:{port}: {product} is up ({elapsed:.0f} ms){report}")  # noqa: T201
+    # Alarms do not fail the ping by default: a blocked broker is alive, and a container
+    # restarted for a full disk comes back to the same full disk.
+    return 1 if args.fail_on_alarm and health not in (None, "ok") else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,7 +362,14 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amqpd`` console script and ``python -m amqpd``."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["ctl"]:
+        # rabbitmqctl's commands over the management API: its own option set (-p is the
+        # password before the command and the vhost after it, as in rabbitmqctl).
+        from amqpd.admin.ctl import main as ctl_main
+
+        return ctl_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     if args.command == "hash-password":
         password = args.password if args.password is not None else getpass.getpass()
         print(hash_password(password))  # noqa: T201 - the command's output

@@ -14,8 +14,10 @@ more until its writer drains it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -30,12 +32,18 @@ from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from amqpd.access.tls import peer_common_name, server_context
+from amqpd.admin.app import ManagementServer, open_management
+from amqpd.admin.rates import Rates
+from amqpd.admin.readmodel import Listener, LiveState
 from amqpd.broker.broker import Broker
 from amqpd.broker.paging import FILENAME as PAGING_FILENAME
 from amqpd.broker.persistence import PersistentJournal, recover
+from amqpd.metrics.app import PrometheusServer, open_prometheus
+from amqpd.metrics.commits import CommitStats
 from amqpd.protocol.constants import CONNECTION_FORCED
 from amqpd.session.connection import Connection
-from amqpd.store import Store, StoreError, open_store
+from amqpd.store import Store, StoreError, StoreFullError, open_store
+from amqpd.streams import install as install_streams
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,12 +54,20 @@ _ACCEPT_ERRORS_BACKOFF = 0.1
 # catch up with its backlog.
 _FLOW_MAX_PAUSE = 0.002
 _GC_THRESHOLDS = (100_000, 50, 100)
+# Back-off of a commit that failed for lack of space: from 50 ms, doubling, up to 1 s (so
+# confirms resume within a second once space is freed).
+_FULL_RETRY_FIRST = 0.05
+_FULL_RETRY_MAX = 1.0
+# Ticks (seconds) a finished connection may take to flush its last bytes before its socket
+# is closed regardless: a dead peer that stopped reading would block the writer for ever.
+_FINISHED_GRACE_TICKS = 2
 
 
 class Session:
     """A connection's socket plus the events that wake its writer and its reader."""
 
-    __slots__ = ("alarm_cleared", "connection", "drained", "stream", "writable")
+    __slots__ = ("alarm_cleared", "connection", "drained", "finished_ticks", "scope", "stream",
+                 "writable")
 
     def __init__(
         self,
@@ -64,6 +80,8 @@ class Session:
         self.alarm_cleared = alarm_cleared
         self.writable = anyio.Event()
         self.drained = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.finished_ticks = 0
         connection.wakeup = self.wake
 
     def wake(self) -> None:
@@ -75,15 +93,38 @@ class Session:
         connection = self.connection
         try:
             async with anyio.create_task_group() as task_group:
+                self.scope = task_group.cancel_scope
                 task_group.start_soon(self._read)
                 await self._write()
                 task_group.cancel_scope.cancel()
+            if connection.drain_after_close:
+                await self._drain_after_close()
         finally:
             connection.connection_lost()
             with anyio.CancelScope(shield=True), contextlib.suppress(
                 OSError, anyio.BrokenResourceError
             ):
                 await self.stream.aclose()
+
+    def abort(self) -> None:
+        """Stop the reader and writer now, even a writer blocked on a peer that does not
+        read any more; the socket is then closed."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def _drain_after_close(self) -> None:
+        """The client closed the connection and close-ok is written: send FIN, then read
+        and drop until the client closes its end (at most close_timeout). Closing at once,
+        with frames the client sent after its connection.close still unread, would make the
+        kernel answer with RST, and a client that had not read close-ok yet loses it."""
+        stream = self.stream
+        with anyio.move_on_after(self.connection.settings.close_timeout), \
+                contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError,
+                                    anyio.ClosedResourceError, OSError):
+            with contextlib.suppress(NotImplementedError):
+                await stream.send_eof()  # TLS cannot half-close: reading still avoids RST
+            while True:
+                await stream.receive(_RECEIVE_SIZE)
 
     async def _read(self) -> None:
         connection = self.connection
@@ -92,6 +133,11 @@ class Session:
             broker = connection.broker
             while not connection.finished:
                 data = await receive(_RECEIVE_SIZE)
+                if broker.alarms and connection.is_publisher:
+                    # Memory or disk alarm: what a publisher sent waits, unprocessed, until
+                    # both clear, and TCP pushes back; consumers' connections keep reading,
+                    # so acks drain the queues.
+                    await self.alarm_cleared()
                 connection.data_received(data)
                 if connection.flow_queues:
                     # Flow control: give the consumers of the queues this publisher is
@@ -101,10 +147,7 @@ class Session:
                     while connection.flow_blocked() and time.monotonic() < deadline:
                         await anyio.lowlevel.checkpoint()
                     connection.flow_queues.clear()
-                if broker.check_memory() and connection.is_publisher:
-                    # Memory alarm: stop reading from publishers until it clears; consumers'
-                    # connections keep reading, so acks drain the queues.
-                    await self.alarm_cleared()
+                broker.check_memory()
                 if connection.congested:
                     # Stop reading until our own output drains: TCP pushes back on the client.
                     self.drained = anyio.Event()
@@ -164,6 +207,10 @@ class Server:
         self.bound: tuple[str, int] | None = None
         self.tls_bound: tuple[str, int] | None = None
         self.on_tls_listening: Callable[[str, int], None] | None = None
+        self.on_management_listening: Callable[[str, int], None] | None = None
+        self.on_prometheus_listening: Callable[[str, int], None] | None = None
+        # Group-commit latency and fsyncs, read by the Prometheus metrics.
+        self.commit_stats = CommitStats()
 
     async def _listen_tls(self) -> tuple[MultiListener[SocketStream], ssl.SSLContext] | None:
         """The amqps listener (plain TCP; each connection is wrapped after accept)."""
@@ -171,29 +218,23 @@ class Server:
         if settings.tls_port is None:
             return None
         context = server_context(settings)
-        listener = await anyio.create_tcp_listener(
-            local_host=settings.tls_host or settings.host, local_port=settings.tls_port,
-            reuse_port=False,
-        )
-        address = listener.extra(SocketAttribute.local_address)
-        assert isinstance(address, tuple)
-        self.tls_bound = (str(address[0]), int(address[1]))
+        listener = await tcp_listener(settings.tls_host or settings.host, settings.tls_port)
+        addresses = _addresses(listener)
+        self.tls_bound = addresses[0]
         if self.on_tls_listening is not None:
-            self.on_tls_listening(*self.tls_bound)
+            for host, port in addresses:
+                self.on_tls_listening(host, port)
         return listener, context
 
     async def serve(self) -> None:
         """Listen, serve and return after a graceful shutdown (SIGTERM/SIGINT)."""
         settings = self.broker.settings
-        listener = await anyio.create_tcp_listener(
-            local_host=settings.host, local_port=settings.port, reuse_port=False
-        )
-        address = listener.extra(SocketAttribute.local_address)
-        assert isinstance(address, tuple)
-        host, port = str(address[0]), int(address[1])
-        self.bound = (host, port)
+        listener = await tcp_listener(settings.host, settings.port)
+        addresses = _addresses(listener)
+        self.bound = addresses[0]
         if self.on_listening is not None:
-            self.on_listening(host, port)
+            for host, port in addresses:  # IPv4 first: scripts read the first line
+                self.on_listening(host, port)
         tls = await self._listen_tls()
         async with anyio.create_task_group() as task_group:
             for socket_listener in listener.listeners:
@@ -206,13 +247,45 @@ class Server:
             task_group.start_soon(self._tick)
             if self.store is not None:
                 task_group.start_soon(self._flush, self.store)
+            management = self._management()
+            if management is not None:
+                task_group.start_soon(management.serve, self.on_management_listening)
+            prometheus = self._prometheus()
+            if prometheus is not None:
+                task_group.start_soon(prometheus.serve, self.on_prometheus_listening)
             await self._wait_for_signal()
+            if management is not None:
+                management.stop()
+            if prometheus is not None:
+                prometheus.stop()
             if tls is not None:
                 await tls[0].aclose()
             await self.shutdown(listener)
             task_group.cancel_scope.cancel()
         if self.store is not None:
             await self._commit_pending(self.store)
+
+    def _management(self) -> ManagementServer | None:
+        """The management HTTP API over this server's broker and connections (None when
+        switched off or its port cannot be used)."""
+        assert self.bound is not None
+        listeners = [Listener("amqp", *self.bound)]
+        if self.tls_bound is not None:
+            listeners.append(Listener("amqp/ssl", *self.tls_bound))
+        state = LiveState(self.broker, lambda: [s.connection for s in self.sessions],
+                          listeners, Rates(self.broker))
+        settings = self.broker.settings
+        return open_management(state, settings.management_host, settings.management_port)
+
+    def _prometheus(self) -> PrometheusServer | None:
+        """The Prometheus metrics listener over this server's broker and connections (None
+        when switched off or its port cannot be used)."""
+        assert self.bound is not None
+        state = LiveState(self.broker, lambda: [s.connection for s in self.sessions],
+                          [Listener("amqp", *self.bound)])
+        settings = self.broker.settings
+        return open_prometheus(state, settings.prometheus_host, settings.prometheus_port,
+                               self.commit_stats)
 
     async def _wait_for_signal(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -332,17 +405,57 @@ class Server:
             return
         # Shielded: a batch taken from the journal must reach the disk even when shutdown
         # cancels the flusher right here, or what it held would be lost.
+        broker = self.broker
         with anyio.CancelScope(shield=True):
             number, batch = journal.take_batch()
+            started = time.monotonic()
+            if broker.store_failure is not None:
+                # Nothing more is written to a store whose write or fsync failed.
+                journal.batch_lost(number)
+                return
+            delay, full_since = _FULL_RETRY_FIRST, 0.0
             while batch:
                 try:
                     await anyio.to_thread.run_sync(store.commit, batch)
                     break
-                except StoreError:
-                    # Nothing of the batch was applied (a full disk, say). Retrying the same
-                    # batch keeps the promise that a confirmed message is on disk.
-                    LOGGER.exception("store commit failed; retrying in 1 s")
-                    await anyio.sleep(1)
+                except StoreFullError as exc:
+                    # Nothing of the batch was applied: retrying the same batch keeps the
+                    # promise that a confirmed message is on disk. Publishers are blocked
+                    # (disk alarm) and confirms wait; one log line per state change.
+                    if not full_since:
+                        full_since = time.monotonic()
+                        LOGGER.error("store commit failed: %s; retrying until there is space",
+                                     exc)
+                        broker.store_full(True)
+                    if self._stopping:
+                        LOGGER.error("shutting down with a batch the full disk refused: its "
+                                     "publishes were never confirmed")
+                        return
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, _FULL_RETRY_MAX)
+                except StoreError as exc:
+                    # A failed write or fsync: the batch's fate on disk is unknown, and a
+                    # retried fsync could report success for pages the kernel already
+                    # dropped. Never retry: nack the batch, refuse persistent messages.
+                    broker.fail_store(str(exc))
+                    journal.batch_lost(number)
+                    return
+            if full_since:
+                LOGGER.warning("store commit succeeded again after %.1f s",
+                               time.monotonic() - full_since)
+                broker.store_full(False)
+            try:
+                # Streams' logs (amqpd.streams) are fsync'd before the batch counts as
+                # committed, so the confirms waiting for it cover their appends too.
+                syncs = journal.prepare_external()
+                for sync in syncs:
+                    await anyio.to_thread.run_sync(sync)
+            except OSError as exc:
+                LOGGER.error("stream fsync failed: %s; the batch's publishes are nacked", exc)
+                journal.batch_lost(number)
+                return
+            # One fsync per store commit (SQLite's synchronous=FULL), one per stream synced.
+            self.commit_stats.observe(time.monotonic() - started, bool(batch) + len(syncs))
             journal.committed_through(number)
 
     async def _write_live_topology(self) -> None:
@@ -368,15 +481,23 @@ class Server:
         except OSError as exc:
             LOGGER.warning("cannot write %s: %s", path, exc)
 
-    def _on_alarm(self, raised: bool) -> None:
-        if raised:
-            self._alarm_event = anyio.Event()
-        else:
+    def _on_alarm(self, alarms: frozenset[str]) -> None:
+        if not alarms:
             self._alarm_event.set()
+        elif self._alarm_event.is_set():
+            # A second alarm while one is raised keeps the same event: readers wait on it.
+            self._alarm_event = anyio.Event()
 
     async def _alarm_cleared(self) -> None:
-        while self.broker.memory_alarm:
+        while self.broker.alarms:
             await self._alarm_event.wait()
+
+    async def _check_disk(self) -> None:
+        """The disk alarm's probe (statvfs, in a worker thread: a hung network file system
+        must not stop the event loop), then the alarm on the event loop."""
+        broker = self.broker
+        free = await anyio.to_thread.run_sync(broker.probe_disk)
+        broker.check_disk(free)
 
     async def _tick(self) -> None:
         """Message TTLs every 0.1 s (LavinMQ's granularity); connection timers every 1 s."""
@@ -388,32 +509,103 @@ class Server:
             if rounds % 10:
                 continue
             await self._write_live_topology()
+            await self._check_disk()
             for session in list(self.sessions):
                 connection = session.connection
                 connection.tick()
+                if connection.finished:
+                    session.finished_ticks += 1
+                    if session.finished_ticks > _FINISHED_GRACE_TICKS:
+                        session.abort()
                 if connection.out or connection.finished:
                     session.wake()
 
 
-def open_and_recover(broker: Broker) -> Store:
-    """Open the store in the data directory and rebuild what it holds.
+async def tcp_listener(host: str, port: int) -> MultiListener[SocketStream]:
+    """A listener on ``host``; two names mean more than one address. ``localhost`` is
+    127.0.0.1 and ::1 on one port, whatever the resolver says (Node, Java and Go clients
+    try ::1 first where /etc/hosts has it, and were refused). ``::`` is every address of
+    both families: anyio makes an explicit ``::`` IPv6-only, and no host dual-stack."""
+    if host == "::":
+        return await anyio.create_tcp_listener(local_port=port, reuse_port=False)
+    if host != "localhost":
+        return await anyio.create_tcp_listener(local_host=host, local_port=port,
+                                               reuse_port=False)
+    for _ in range(10):
+        ipv4 = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port,
+                                               reuse_port=False)
+        bound = ipv4.extra(SocketAttribute.local_port)
+        try:
+            ipv6 = await anyio.create_tcp_listener(local_host="::1", local_port=bound,
+                                                   reuse_port=False)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:  # no IPv6 here (disabled, no ::1)
+                LOGGER.warning("localhost is 127.0.0.1 only: cannot listen on ::1: %s", exc)
+                return ipv4
+            await ipv4.aclose()
+            if port:
+                raise
+            continue  # --port 0: the port 127.0.0.1 got is taken on ::1; take another
+        return MultiListener([*ipv4.listeners, *ipv6.listeners])
+    raise OSError(errno.EADDRINUSE, "no port free on both 127.0.0.1 and ::1")
+
+
+def _addresses(listener: MultiListener[SocketStream]) -> list[tuple[str, int]]:
+    """(host, port) of each socket of a listener."""
+    addresses = []
+    for socket_listener in listener.listeners:
+        address = socket_listener.extra(SocketAttribute.local_address)
+        assert isinstance(address, tuple)
+        addresses.append((str(address[0]), int(address[1])))
+    return addresses
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def open_and_recover(
+    broker: Broker, opener: Callable[[Path], Store] = open_store
+) -> Store:
+    """Open the store in the data directory (``opener``: tests pass a store whose disk
+    fails on purpose) and rebuild what it holds.
 
     Raises:
         StoreError: with a message naming the file when it cannot be used.
     """
     data_dir = Path(broker.settings.data_dir)
-    store = open_store(data_dir)
+    store = opener(data_dir)
     broker.pager.path = data_dir / PAGING_FILENAME
     snapshot = store.load(with_entries=False)
     journal = PersistentJournal(store, snapshot.next_message_id)
     broker.use_journal(journal)
+    install_streams(broker, data_dir / "streams")
     started = time.monotonic()
     count = recover(broker, journal, snapshot)
     LOGGER.info("recovered %d messages in %.2f s", count, time.monotonic() - started)
     return store
 
 
-def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> int:
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard limit (as Go's runtime does): the
+    default soft limit of 1024 would turn a thousand idle or half-open sockets into
+    EMFILE on accept. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            LOGGER.warning("cannot raise the open files limit from %d: %s", soft, exc)
+    return soft
+
+
+def run(
+    broker: Broker,
+    configure: Callable[[Broker], object] | None = None,
+    opener: Callable[[Path], Store] = open_store,
+) -> int:
     """Run the broker until SIGTERM/SIGINT; returns the process exit code.
 
     ``configure`` (amqpd.topology.apply.configure_broker) applies the configured users,
@@ -422,10 +614,11 @@ def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> 
 
     def announce(host: str, port: int) -> None:
         # Scripts and test fixtures wait for exactly this line.
-        print(f"amqpd listening on {host}:{port}", flush=True)  # noqa: T201
+        print(f"amqpd listening on {_host_port(host, port)}", flush=True)  # noqa: T201
 
+    raise_open_files_limit()
     try:
-        store = open_and_recover(broker)
+        store = open_and_recover(broker, opener)
     except StoreError as exc:
         print(f"amqpd: {exc}", file=sys.stderr)  # noqa: T201
         return 1
@@ -443,9 +636,20 @@ def run(broker: Broker, configure: Callable[[Broker], object] | None = None) -> 
     gc.set_threshold(*_GC_THRESHOLDS)
 
     def announce_tls(host: str, port: int) -> None:
-        print(f"amqpd listening on {host}:{port} (tls)", flush=True)  # noqa: T201
+        print(f"amqpd listening on {_host_port(host, port)} (tls)", flush=True)  # noqa: T201
 
     server.on_tls_listening = announce_tls
+
+    def announce_management(host: str, port: int) -> None:
+        print(f"amqpd management listening on {host}:{port}", flush=True)  # noqa: T201
+
+    server.on_management_listening = announce_management
+
+    def announce_prometheus(host: str, port: int) -> None:
+        line = f"amqpd prometheus listening on {_host_port(host, port)}"
+        print(line, flush=True)  # noqa: T201
+
+    server.on_prometheus_listening = announce_prometheus
     backend_options: dict[str, object] = {}
     try:
         import uvloop  # noqa: F401

@@ -42,6 +42,10 @@ FRAME_END = 0xCE
 # --------------------------------------------------------------------------
 
 
+# Filled by the amqp_url fixture with the management URL of the amqpd it started.
+_MANAGEMENT: dict[str, str] = {}
+
+
 def _drain(stream: Any, lines: queue.Queue[str | None]) -> None:
     for line in iter(stream.readline, ""):
         lines.put(line)
@@ -65,6 +69,7 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--host", "127.0.0.1", "--port", "0",
             "--data-dir", str(data_dir),
             "--log-level", "warning",
+            "--management-port", "0",
         ],
         cwd=REPO_ROOT,
         env=env,
@@ -101,6 +106,14 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 hostport = line.split("amqpd listening on ", 1)[1].strip()
                 host, _, port = hostport.rpartition(":")
                 url = f"amqp://guest:guest@{host}:{int(port)}/%2F"
+        # The management API announces itself after the AMQP listener(s).
+        while "url" not in _MANAGEMENT:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                break
+            if line.startswith("amqpd management listening on "):
+                hostport = line.split("amqpd management listening on ", 1)[1].strip()
+                _MANAGEMENT["url"] = f"http://guest:guest@{hostport}/api/"
     except BaseException:
         proc.kill()
         proc.wait()
@@ -125,6 +138,20 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"amqpd exited with {proc.returncode} after SIGTERM; stderr:\n{stderr_text()}")
     finally:
         stderr_file.close()
+
+
+@pytest.fixture(scope="session")
+def management_url(amqp_url: str) -> str:
+    """Base URL of the broker's management API, credentials included
+    (``http://guest:guest@127.0.0.1:15672/api/``): ``AMQP_MANAGEMENT_URL``, or the
+    amqpd the ``amqp_url`` fixture started. Skips when AMQP_URL names another broker and
+    no management URL is given."""
+    env_url = os.environ.get("AMQP_MANAGEMENT_URL")
+    if env_url:
+        return env_url if env_url.endswith("/") else env_url + "/"
+    if "url" not in _MANAGEMENT:
+        pytest.skip("no management API: set AMQP_MANAGEMENT_URL with AMQP_URL")
+    return _MANAGEMENT["url"]
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,11 @@ Uses Debian's ``rabbitmq-server`` package; when it is missing and we are root,
 ``apt-get install -y rabbitmq-server`` is run first.
 Each instance gets its own node name (``interop-XXXX@localhost``), AMQP port,
 Erlang distribution port and data/log directories in a temporary directory, so
-it never disturbs another RabbitMQ on the machine.  The consistent-hash exchange
-plugin is enabled and ``guest`` may log in from anywhere (``loopback_users = none``).
+it never disturbs another RabbitMQ on the machine.  The consistent-hash exchange,
+management (HTTP API on a free port) and Prometheus (on a free port) plugins are enabled
+and ``guest`` may log in from anywhere (``loopback_users = none``). ``start`` and ``run``
+also give the management API's URL: ``run`` sets ``AMQP_MANAGEMENT_URL`` for the command,
+``start`` prints it on a second line.
 
 Command line::
 
@@ -58,10 +61,16 @@ class Instance:
     dist_port: int
     base_dir: str
     pid: int  # of the launcher process (the wrapper / su), its own process group
+    management_port: int = 0
+    prometheus_port: int = 0
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/api/"
 
     @property
     def pid_file(self) -> str:
@@ -150,12 +159,27 @@ def _amqp_ready(port: int) -> bool:
         return False
 
 
-def _prepare_dir(base: Path) -> None:
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prepare_dir(base: Path, management_port: int, prometheus_port: int) -> None:
     (base / "mnesia").mkdir(parents=True, exist_ok=True)
     (base / "log").mkdir(exist_ok=True)
-    (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+    (base / "rabbitmq.conf").write_text(
+        "loopback_users = none\n"
+        f"management.tcp.port = {management_port}\n"
+        "management.tcp.ip = 127.0.0.1\n"
+        f"prometheus.tcp.port = {prometheus_port}\n"
+        "prometheus.tcp.ip = 127.0.0.1\n"
+        # Stats every second instead of 5, so tests see message_stats sooner.
+        "collect_statistics_interval = 1000\n"
+    )
     (base / "advanced.config").write_text("[].\n")
-    (base / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
+    (base / "enabled_plugins").write_text(
+        "[rabbitmq_consistent_hash_exchange,rabbitmq_management,rabbitmq_prometheus].\n")
     (base / "rabbitmq-env.conf").write_text("")
     if os.geteuid() == 0:
         try:
@@ -173,13 +197,18 @@ def start(port: int | None = None, timeout: float = 90.0) -> Instance:
         amqp_port = port
     base = Path(tempfile.mkdtemp(prefix="interop-rabbitmq-"))
     base.chmod(0o755)
-    _prepare_dir(base)
+    management_port, prometheus_port = _free_port(), _free_port()
+    # Install first: the package creates the `rabbitmq` user that the directory is chowned to.
+    _find(SERVER_CANDIDATES, "rabbitmq-server")
+    _prepare_dir(base, management_port, prometheus_port)
     inst = Instance(
         nodename=f"interop-{uuid.uuid4().hex[:8]}@localhost",
         port=amqp_port,
         dist_port=dist_port,
         base_dir=str(base),
         pid=0,
+        management_port=management_port,
+        prometheus_port=prometheus_port,
     )
     boot(inst, timeout)
     return inst
@@ -202,7 +231,8 @@ def boot(inst: Instance, timeout: float = 90.0) -> None:
     out.close()
     inst.pid = proc.pid
     deadline = time.monotonic() + timeout
-    while not _amqp_ready(inst.port):
+    while not _amqp_ready(inst.port) or (
+            inst.management_port and not _port_in_use(inst.management_port)):
         if proc.poll() is not None or time.monotonic() > deadline:
             reason = (f"exited with {proc.returncode}" if proc.returncode is not None
                       else f"not ready within {timeout}s")
@@ -291,9 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
             parser.error("run needs a command after --")
-        with private_rabbitmq() as url:
-            print(f"RabbitMQ at {url}", file=sys.stderr)
-            return subprocess.call(command, env=dict(os.environ, AMQP_URL=url))
+        inst = start()
+        try:
+            print(f"RabbitMQ at {inst.url}, management {inst.management_url}", file=sys.stderr)
+            return subprocess.call(command, env=dict(
+                os.environ, AMQP_URL=inst.url, AMQP_MANAGEMENT_URL=inst.management_url))
+        finally:
+            stop(inst)
 
     if args.command == "start":
         if args.state.exists():
@@ -302,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         inst = start(port=args.port)
         args.state.write_text(json.dumps(asdict(inst)))
         print(inst.url)
+        print(inst.management_url)
         return 0
 
     if not args.state.exists():

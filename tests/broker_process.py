@@ -14,12 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class BrokerProcess:
     """``python -m amqpd --port 0`` with its address parsed from the listening line."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, module: str = "amqpd",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "amqpd", "--port", "0", "--data-dir", str(data_dir),
-             "--log-level", "warning", *extra],
+            [sys.executable, "-m", module, "--port", "0", "--data-dir", str(data_dir),
+             "--log-level", "warning", "--management-port", "0", *extra],
             cwd=REPO_ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

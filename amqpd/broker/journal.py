@@ -28,13 +28,29 @@ class Journal:
         self.writes = 0
         self.batch_number = 0
         self.committed = 0
+        # The first batch that was lost (a failed write or fsync), 0 while none was: its
+        # publishers and every later batch's are nacked.
+        self.lost_from = 0
         # Bumped by every exchange, queue or binding change (the live topology file).
         self.definitions_version = 0
+        # Logs kept outside the store (amqpd.streams) that each batch must make durable:
+        # called on the loop before a batch commits, each returns the fsync to run in the
+        # flusher's worker thread (or None).
+        self.external_syncs: list[Callable[[], Callable[[], None] | None]] = []
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything written so far is durable (now, without a
         store)."""
         callback()
+
+    def mark_external(self) -> None:
+        """A log outside the store was written: the next batch must sync it (counted as a
+        write, so a publisher confirm waits for that batch)."""
+        self.writes += 1
+
+    def prepare_external(self) -> list[Callable[[], None]]:
+        """The fsyncs the external logs need for the batch being committed."""
+        return [sync for prepare in self.external_syncs if (sync := prepare()) is not None]
 
     def entry_added(self, queue: Queue, entry: QueueEntry) -> None:
         """A message entered a queue."""

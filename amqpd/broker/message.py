@@ -9,6 +9,7 @@ decoded only when routing or a policy needs them.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,21 @@ class Message:
         return copy
 
 
+class CoarseClock:
+    """Monotonic seconds, advanced by the broker's ticker (every 0.1 s) instead of read per
+    message: stamping an entry then costs one attribute read and no system call, and all the
+    entries of one tick share one float object. Readers get ages good to about a tick."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+
+#: The broker's coarse clock (:meth:`amqpd.broker.broker.Broker.tick` advances it).
+CLOCK = CoarseClock()
+
+
 class EntryState(enum.Enum):
     """Where a queue entry is."""
 
@@ -137,7 +153,8 @@ class QueueEntry:
     DELIVERED = EntryState.DELIVERED
     GONE = EntryState.GONE
 
-    __slots__ = ("delivery_count", "expires_at", "message", "redelivered", "seq", "state")
+    __slots__ = ("delivered_at", "delivery_count", "enqueued_at", "expires_at", "message",
+                 "redelivered", "seq", "state")
 
     def __init__(self, message: Message, seq: int):
         self.message = message
@@ -146,3 +163,8 @@ class QueueEntry:
         self.redelivered = False
         self.delivery_count = 0
         self.expires_at: float | None = None
+        # Coarse monotonic times for monitoring (amqpd.metrics: the age of the oldest ready
+        # message and of the oldest unacked delivery). An entry read back from the paging
+        # file or the store is stamped when it is read back.
+        self.enqueued_at = CLOCK.now
+        self.delivered_at = 0.0  # set when it goes to a consumer (Queue.dispatch / take)

@@ -61,6 +61,7 @@ class PersistentJournal(Journal):
         self.wakeup: Callable[[], None] = _nothing
         self.writes = 0  # operations added; the core compares it before and after a publish
         self.recovering = False
+        self.external_pending = False  # a stream wrote since the last batch was taken
 
     # -- batches -----------------------------------------------------------------------
 
@@ -73,11 +74,18 @@ class PersistentJournal(Journal):
         number, batch = self.batch_number, self.batch
         self.batch = Batch()
         self.batch_number += 1
+        self.external_pending = False
         return number, batch
+
+    def mark_external(self) -> None:
+        """A stream's log was written: the next batch syncs it, even with no store work."""
+        self.external_pending = True
+        self._changed()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything written so far is durable."""
-        if not self.batch and self.committed >= self.batch_number - 1:
+        if not self.batch and not self.external_pending and \
+                self.committed >= self.batch_number - 1:
             callback()
             return
         self._after_commit.setdefault(self.batch_number, []).append(callback)
@@ -90,10 +98,19 @@ class PersistentJournal(Journal):
             for callback in self._after_commit.pop(pending):
                 callback()
 
+    def batch_lost(self, number: int) -> None:
+        """Batch ``number`` could not be written (a failed write or fsync): whoever waited
+        for it is released, and channels nack its messages (see ``lost_from``)."""
+        if not self.lost_from:
+            self.lost_from = number
+        for pending in [n for n in self._after_commit if n <= number]:
+            for callback in self._after_commit.pop(pending):
+                callback()
+
     @property
     def pending(self) -> bool:
         """True when there is something to commit or someone waiting."""
-        return bool(self.batch) or bool(self._after_commit)
+        return bool(self.batch) or bool(self._after_commit) or self.external_pending
 
     # -- messages ----------------------------------------------------------------------
 

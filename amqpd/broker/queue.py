@@ -10,7 +10,10 @@ Theory of operation:
   ``x-delivery-limit`` allows, in which case it is dead-lettered.
 - ``consumers`` is a ring; ``dispatch`` gives each message to the next consumer in the ring
   with credit, so competing consumers are served round-robin. With single-active-consumer
-  only the first consumer in the ring receives.
+  only the first consumer in the ring receives. Consumer priorities (x-priority) swap in
+  ``ConsumerRanks.next`` for ``_next_consumer`` while some consumer has one.
+- A priority queue (x-max-priority) is the subclass ``priority_queue.PriorityQueue``,
+  chosen at declare time, whose ready entries are priority lanes instead of the deque.
 - Dispatch is synchronous and runs whenever something may have changed: a publish, an ack
   that frees credit, a consumer added, a congested connection draining. It stops when no
   consumer can take more, so one call is bounded by credit and output watermarks -- no task
@@ -25,11 +28,12 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from amqpd.broker.message import Message, QueueEntry
+from amqpd.broker.message import CLOCK, Message, QueueEntry
 from amqpd.broker.paging import KEEP_IN_MEMORY, READ_BACK, WRITE_CHUNK, Pager
+from amqpd.broker.priority import ConsumerRanks
 from amqpd.broker.queue_arguments import QueuePolicy
 
 if TYPE_CHECKING:
@@ -38,6 +42,22 @@ if TYPE_CHECKING:
 READY = QueueEntry.READY
 DELIVERED = QueueEntry.DELIVERED
 GONE = QueueEntry.GONE
+
+
+class ReadyEntries(Protocol):
+    """What the generic queue code does with its ready entries: a deque for a FIFO queue,
+    :class:`amqpd.broker.priority.PriorityReady` for a priority queue (whose subclass,
+    ``amqpd.broker.priority_queue.PriorityQueue``, overrides every other use)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[QueueEntry]: ...
+
+    def append(self, entry: QueueEntry, /) -> None: ...
+
+    def popleft(self) -> QueueEntry: ...
+
+    def clear(self) -> None: ...
 
 
 class QueueHooks(Protocol):
@@ -84,8 +104,12 @@ class Queue:
         self.arguments: Mapping[str, object] = dict(arguments or {})
         self.policy = policy or QueuePolicy()
         self.hooks = hooks
-        self.ready: deque[QueueEntry] = deque()
+        self.ready: ReadyEntries = deque()
         self.consumers: deque[QueueConsumer] = deque()
+        # Consumer priorities (x-priority), ranked only while some consumer has one: then
+        # ``_next_consumer`` is replaced on the instance by ``ConsumerRanks.next``, so the
+        # plain ring stays as fast as it was (see add_consumer).
+        self._ranks: ConsumerRanks | None = None
         self.tombstones = 0
         self.ready_bytes = 0
         self.had_consumers = False
@@ -105,6 +129,17 @@ class Queue:
         self._stored_tail = 0
         self._stored_after = -1
         self._stored_reader: Callable[[int, int], list[QueueEntry]] | None = None
+        # Monotonic event counts for the management API's message_stats (never reset).
+        self.stat_publish = 0
+        self.stat_deliver_get = 0
+        self.stat_ack = 0
+        self.stat_redeliver = 0
+        # For amqpd.metrics, off the publish/deliver/ack path: messages that left for a
+        # reason (expired, rejected, maxlen, delivery_limit) and those of them handed to
+        # the dead-letter exchange, by reason; ack-deadline lease extensions.
+        self.stat_left: dict[str, int] = {}
+        self.stat_dead_lettered: dict[str, int] = {}
+        self.stat_lease_extend = 0
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={self.message_count} consumers={len(self.consumers)}>"
@@ -142,6 +177,7 @@ class Queue:
             if policy.overflow == "reject-publish-dlx":
                 self._dead_letter(message, "maxlen")
             return False
+        self.stat_publish += 1
         entry = QueueEntry(message, next(self._seq))
         ttl = policy.message_ttl
         message_ttl = message.ttl_ms
@@ -304,6 +340,8 @@ class Queue:
             entry.state = DELIVERED
             if self.durable and self.hooks is not None:
                 self.hooks.entry_delivered(self, entry)
+            self.stat_deliver_get += 1
+            entry.delivered_at = CLOCK.now
             consumer.deliver(entry)
 
     def take(self) -> QueueEntry | None:
@@ -319,6 +357,8 @@ class Queue:
             entry.state = DELIVERED
             if self.durable and self.hooks is not None:
                 self.hooks.entry_delivered(self, entry)
+            self.stat_deliver_get += 1
+            entry.delivered_at = CLOCK.now
             return entry
 
     # -- leaving -----------------------------------------------------------------------
@@ -326,18 +366,34 @@ class Queue:
     def _remove(self, entry: QueueEntry, reason: str | None) -> None:
         """An entry leaves for good; dead-lettered when there is a reason and a DLX."""
         entry.state = GONE
+        if reason is not None:
+            self._count_exit(reason)
         if self.hooks is not None:
             self.hooks.entry_removed(self, entry)
             if reason is not None and self.policy.dead_letter_exchange is not None:
                 self.hooks.dead_letter(self, entry.message, reason)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
+        self._count_exit(reason)
         if self.hooks is not None and self.policy.dead_letter_exchange is not None:
             self.hooks.dead_letter(self, message, reason)
+
+    def _count_exit(self, reason: str) -> None:
+        """Count a message leaving for ``reason`` (dead-lettered when there is a DLX)."""
+        self.stat_left[reason] = self.stat_left.get(reason, 0) + 1
+        if self.policy.dead_letter_exchange is not None:
+            self.stat_dead_lettered[reason] = self.stat_dead_lettered.get(reason, 0) + 1
+
+    def extend_lease(self, now: float, extend_ms: int) -> float:
+        """The new ack deadline of a delivery whose lease is extended (amq.lease) by
+        ``extend_ms`` from ``now``; counted per queue for monitoring."""
+        self.stat_lease_extend += 1
+        return now + extend_ms / 1000.0
 
     def acknowledge(self, entry: QueueEntry) -> None:
         """The consumer acked (or took with no-ack): the message is done."""
         if entry.state is DELIVERED:
+            self.stat_ack += 1
             self._remove(entry, None)
 
     def reject(self, entry: QueueEntry) -> None:
@@ -396,6 +452,7 @@ class Queue:
                 continue
             entry.delivery_count += 1
             entry.redelivered = True
+            self.stat_redeliver += 1
             if limit is not None and entry.delivery_count > limit:
                 self._remove(entry, "delivery_limit")
                 continue
@@ -406,16 +463,21 @@ class Queue:
             returned.append(entry)
         if not returned:
             return
+        self._reinsert(returned)
+        if self.consumers:
+            self.dispatch()
+
+    def _reinsert(self, returned: list[QueueEntry]) -> None:
+        """Merge returned entries back into ``ready`` by their original positions."""
         returned.sort(key=_by_seq)
         ready = self.ready
+        assert isinstance(ready, deque)  # a PriorityQueue merges into its lanes instead
         if not ready or returned[-1].seq < ready[0].seq:
             ready.extendleft(reversed(returned))
         else:
             merged = sorted(itertools.chain(ready, returned), key=_by_seq)
             ready.clear()
             ready.extend(merged)
-        if self.consumers:
-            self.dispatch()
 
     def purge(self) -> int:
         """Drop every ready message; returns how many."""
@@ -431,9 +493,29 @@ class Queue:
 
     # -- consumers ---------------------------------------------------------------------
 
-    def add_consumer(self, consumer: QueueConsumer) -> None:
-        """Attach a consumer and start delivering to it."""
+    def check_consume(
+        self, no_ack: bool, prefetch_count: int, arguments: Mapping[str, object]
+    ) -> None:
+        """Refuse a basic.consume before consume-ok is sent (a stream needs a prefetch);
+        a plain queue takes any."""
+
+    def add_consumer(self, consumer: QueueConsumer, priority: int = 0) -> None:
+        """Attach a consumer (``priority``: its x-priority) and start delivering to it."""
         self.consumers.append(consumer)
+        ranks = self._ranks
+        if priority or ranks is not None:
+            if ranks is None:
+                ranks = self._ranks = ConsumerRanks(
+                    self.consumers, self.policy.single_active_consumer
+                )
+                for other in self.consumers:
+                    if other is not consumer:
+                        ranks.add(other, 0)
+                # Shadow the method on this instance only: queues whose consumers all
+                # have the default priority never pay for ranking. ranks.next holds no
+                # reference to the queue, so this makes no reference cycle.
+                vars(self)["_next_consumer"] = ranks.next
+            ranks.add(consumer, priority)
         self.had_consumers = True
         self.last_used = time.monotonic()
         self.dispatch()
@@ -444,6 +526,10 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        if self._ranks is not None:
+            self._ranks.remove(consumer)
+            if self._ranks.all_default:
+                self._unrank()
         self.last_used = time.monotonic()
         if not self.consumers and self.auto_delete and self.hooks is not None:
             self.hooks.queue_unused(self)
@@ -451,10 +537,16 @@ class Queue:
             # With single-active-consumer the next consumer in line takes over now.
             self.dispatch()
 
+    def _unrank(self) -> None:
+        """Back to the plain round-robin ring (the ring kept every consumer in join order)."""
+        self._ranks = None
+        vars(self).pop("_next_consumer", None)
+
     def on_deleted(self) -> None:
         """The queue is gone: every ready message leaves with it."""
         self.deleted = True
         self.consumers.clear()
+        self._unrank()
         for entry in self.ready:
             if entry.state is READY:
                 entry.state = GONE
@@ -474,4 +566,4 @@ def _by_seq(entry: QueueEntry) -> int:
     return entry.seq
 
 
-__all__ = ["DELIVERED", "GONE", "READY", "Queue", "QueueHooks"]
+__all__ = ["DELIVERED", "GONE", "READY", "Queue", "QueueHooks", "ReadyEntries"]

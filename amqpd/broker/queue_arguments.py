@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from amqpd.broker.priority import max_priority_argument
 from amqpd.config.settings import QueueDefaults
 from amqpd.protocol.errors import ChannelError
 
@@ -32,6 +33,7 @@ class QueuePolicy:
     delivery_limit: int | None = None
     consumer_timeout: int | None = None  # ms
     single_active_consumer: bool = False
+    max_priority: int = 0  # x-max-priority; 0 is a plain FIFO queue
 
 
 def _integer(value: object) -> int | None:
@@ -99,6 +101,7 @@ def parse_queue_arguments(
         if not isinstance(value, bool):
             raise invalid("x-single-active-consumer", "expected a boolean")
         policy.single_active_consumer = value
+    policy.max_priority = max_priority_argument(arguments, describe)
     queue_type = text("x-queue-type")
     if queue_type is not None and queue_type not in QUEUE_TYPES:
         raise invalid("x-queue-type", f"expected one of {', '.join(QUEUE_TYPES)}")

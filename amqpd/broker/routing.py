@@ -91,7 +91,10 @@ def route(
         for destination in destinations:
             if type(destination) is Queue:
                 found[destination] = None
-            elif isinstance(destination, Exchange) and destination not in visited:
-                visited.add(destination)
-                pending.append(destination)
+            elif isinstance(destination, Exchange):
+                if destination not in visited:
+                    visited.add(destination)
+                    pending.append(destination)
+            elif isinstance(destination, Queue):  # a subclass (PriorityQueue): checked last,
+                found[destination] = None  # so plain queues keep the exact-type fast test
     return list(found)

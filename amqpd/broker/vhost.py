@@ -11,7 +11,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import exchanges
@@ -21,6 +21,7 @@ from amqpd.broker.exchange import Exchange
 from amqpd.broker.journal import Journal
 from amqpd.broker.message import Message, QueueEntry
 from amqpd.broker.paging import Pager
+from amqpd.broker.priority_queue import queue_class
 from amqpd.broker.queue import Queue
 from amqpd.broker.queue_arguments import parse_queue_arguments
 from amqpd.config.settings import QueueDefaults
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
     from amqpd.broker.consumer import QueueOwner
 
 LOGGER = logging.getLogger(__name__)
+
+#: Builds a new queue of a registered x-queue-type: (vhost, name, server_named, durable,
+#: exclusive, auto_delete, arguments) -> the queue; raises ChannelError to refuse.
+QueueFactory = Callable[
+    ["VirtualHost", str, bool, bool, bool, bool, Mapping[str, object]], Queue]
 
 PREDECLARED = {
     "amq.direct": "direct",
@@ -78,6 +84,15 @@ def _check_equivalent(
         raise ChannelError(406, f"{difference} for {what}")
 
 
+def _locked_text(queue: Queue) -> str:
+    """RabbitMQ's RESOURCE_LOCKED text, which names both causes."""
+    return (
+        f"cannot obtain exclusive access to locked {queue.describe()}. It could be "
+        "originally declared on another connection or the exclusive property value "
+        "does not match that of the original declaration."
+    )
+
+
 def generate_name(prefix: str) -> str:
     """A server-generated name like RabbitMQ's ``amq.gen-<22 url-safe chars>``."""
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
@@ -97,10 +112,16 @@ class VirtualHost:
         self.journal = journal or Journal()
         self.queue_defaults = defaults
         self.pager = pager
+        # Queue types by x-queue-type registered from above the broker (the broker shares
+        # one dict with all its vhosts): streams.
+        self.queue_types: dict[str, QueueFactory] = {}
         # Queues that may need the ticker: messages with a TTL, or an x-expires policy.
         self._timed_queues: set[Queue] = set()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        # Queue churn for amqpd.metrics (non-passive queue.declare calls, queues created,
+        # queues deleted), as RabbitMQ's queues_{declared,created,deleted}_total.
+        self.queues_declared = self.queues_created = self.queues_deleted = 0
         # destination (queue or exchange) -> {source exchange: binding count}, so deleting a
         # queue or unbinding never scans every binding of every exchange.
         self._sources_of: dict[Queue | Exchange, dict[Exchange, int]] = {}
@@ -133,12 +154,7 @@ class VirtualHost:
         """405 when another connection owns the exclusive queue."""
         owner = queue.exclusive_owner
         if owner is not None and owner is not connection:
-            raise ChannelError(
-                405,
-                f"cannot obtain exclusive access to locked {queue.describe()}. It could be "
-                "originally declared on another connection or the exclusive property value "
-                "does not match that of the original declaration.",
-            )
+            raise ChannelError(405, _locked_text(queue))
 
     # -- exchanges ---------------------------------------------------------------------
 
@@ -180,12 +196,13 @@ class VirtualHost:
         """exchange.declare with RabbitMQ's checks."""
         arguments = dict(arguments or {})
         existing = self.exchanges.get(name)
+        if name == "":
+            # RabbitMQ refuses a passive declare of the default exchange too.
+            raise ChannelError(403, "operation not permitted on the default exchange")
         if passive:
             if existing is None:
                 raise ChannelError(404, f"no exchange '{name}' in vhost '{self.name}'")
             return existing
-        if name == "":
-            raise ChannelError(403, "operation not permitted on the default exchange")
         if name.startswith("amq.") and existing is None:
             raise ChannelError(403, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         if existing is None:
@@ -249,17 +266,35 @@ class VirtualHost:
             queue = self.queue_or_404(name, connection)
             queue.last_used = time.monotonic()  # RabbitMQ: any declare renews x-expires
             return queue
+        self.queues_declared += 1
+        queue_type = arguments.get("x-queue-type")
+        factory = self.queue_types.get(queue_type) if isinstance(queue_type, str) else None
+        if factory is not None and name not in self.queues:
+            # A queue type from outside this package (amqpd.streams) builds its own queue.
+            queue = factory(self, name, server_named, durable, exclusive, auto_delete, arguments)
+            self.queues[name] = queue
+            self.journal.queue_declared(queue)
+            self.journal.definitions_version += 1
+            self.queues_created += 1
+            return queue
         if not name:
             name = generate_name("amq.gen-")
         elif name.startswith("amq.") and not server_named:
             raise ChannelError(403, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        # As RabbitMQ: an exclusive queue dies with its connection, so it is never durable
+        # (nothing of it is written to the store, and durable=true redeclares it fine).
+        durable = durable and not exclusive
         existing = self.queues.get(name)
         if existing is not None:
-            self.check_exclusive(existing, connection)
+            # RabbitMQ's strict check: the owner must match exactly (this connection for an
+            # exclusive redeclare, nobody otherwise), so a mismatch of the exclusive flag is
+            # 405, even on the owning connection, and never a 406.
+            owner = connection if exclusive else None
+            if existing.exclusive_owner is not owner:
+                raise ChannelError(405, _locked_text(existing))
             _check_equivalent(
                 existing.describe(),
                 (("durable", durable, existing.durable),
-                 ("exclusive", exclusive, existing.exclusive),
                  ("auto_delete", auto_delete, existing.auto_delete)),
                 arguments,
                 existing.arguments,
@@ -269,7 +304,7 @@ class VirtualHost:
         policy = parse_queue_arguments(
             arguments, f"queue '{name}' in vhost '{self.name}'", self.queue_defaults
         )
-        queue = Queue(
+        queue = queue_class(policy)(  # x-max-priority picks the priority queue, once
             name,
             self.name,
             durable=durable,
@@ -285,6 +320,7 @@ class VirtualHost:
             self._timed_queues.add(queue)
         self.journal.queue_declared(queue)
         self.journal.definitions_version += 1
+        self.queues_created += 1
         return queue
 
     # -- queue hooks (amqpd.broker.queue.QueueHooks) ------------------------------------------
@@ -369,6 +405,7 @@ class VirtualHost:
     def remove_queue(self, queue: Queue) -> None:
         """Delete a queue: unbind it, cancel its consumers, drop its messages."""
         self.queues.pop(queue.name, None)
+        self.queues_deleted += 1
         self._unbind_everywhere(queue)
         consumers = list(queue.consumers)
         self.journal.queue_deleted(queue, queue.ready_bytes, len(queue.ready) - queue.tombstones)

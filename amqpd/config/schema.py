@@ -265,6 +265,38 @@ class Watermark(Kind):
         return format_size(value) if isinstance(value, int) else value
 
 
+class DiskLimit(Kind):
+    """RabbitMQ's disk_free_limit: an absolute size, or a multiple of RAM (``.relative``)."""
+
+    expected = (
+        "a size (bytes, or a string like '50MB' or '1GiB'; 0 = off), or a multiple of RAM "
+        "as a number with a decimal point above 0 and at most 100 (like 1.0 or 1.5)"
+    )
+
+    def convert(self, node: Node, origin: Origin, path: str) -> Any:
+        if not isinstance(node, ScalarNode):
+            raise self.wrong(node, origin, path)
+        if node.tag == FLOAT:
+            value = float(construct(node))
+            if not 0 < value <= 100:
+                raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
+            return value
+        if node.tag == INT:
+            size: int | None = int(construct(node))
+        elif node.tag == STR:
+            size = parse_size(node.value)
+        else:
+            size = None
+        if size is None:
+            raise self.wrong(node, origin, path)
+        if size < 0:
+            raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
+        return size
+
+    def show(self, value: Any) -> Any:
+        return format_size(value) if isinstance(value, int) else value
+
+
 class StrList(Kind):
     """A list of strings; from the environment also ``a,b,c``."""
 
@@ -378,6 +410,20 @@ OPTIONS: tuple[Option, ...] = (
            "refuse clients without a certificate (needs verify_peer)"),
     Option("listeners.tls.handshake_timeout", "tls_handshake_timeout", Float(0.1, 300),
            "AMQPD_TLS_HANDSHAKE_TIMEOUT", None, "seconds for the TLS handshake"),
+    Option("listeners.management.host", "management_host", Str(nullable=True),
+           "AMQPD_MANAGEMENT_HOST", None,
+           "address of the management HTTP API; null = listeners.amqp.host"),
+    Option("listeners.management.port", "management_port", Int(0, 65535, nullable=True),
+           "AMQPD_MANAGEMENT_PORT", "--management-port",
+           "management HTTP API port (RabbitMQ's 15672); 0 picks a free one; null = off"),
+    Option("listeners.prometheus.host", "prometheus_host", Str(), "AMQPD_PROMETHEUS_HOST", None,
+           "address of the Prometheus metrics listener (no authentication: keep it private)"),
+    Option("listeners.prometheus.port", "prometheus_port", Int(0, 65535, nullable=True),
+           "AMQPD_PROMETHEUS_PORT", "--prometheus-port",
+           "Prometheus metrics port (RabbitMQ's 15692); 0 picks a free one; null = off"),
+    Option("listeners.handshake_timeout", "handshake_timeout", Float(0.1, 3600),
+           "AMQPD_HANDSHAKE_TIMEOUT", None,
+           "seconds from accept (after TLS) to connection.open-ok before the socket is closed"),
     Option("data_dir", "data_dir", Str(), "AMQPD_DATA_DIR", "--data-dir",
            "directory of the persistent store"),
     Option("limits.frame_max", "frame_max", Int(4096, 2**31 - 1), "AMQPD_FRAME_MAX", None,
@@ -396,6 +442,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("limits.memory_high_watermark", "memory_high_watermark", Watermark(),
            "AMQPD_MEMORY_HIGH_WATERMARK", None,
            "memory alarm: fraction of RAM (0.4) or absolute size ('2GiB')"),
+    Option("limits.disk_free_limit", "disk_free_limit", DiskLimit(),
+           "AMQPD_DISK_FREE_LIMIT", None,
+           "disk alarm: free space on the data dir's file system ('50MB'), or a multiple "
+           "of RAM (1.0); 0 = off"),
     Option("limits.output_high_watermark", "output_high_watermark", Size(1),
            "AMQPD_OUTPUT_HIGH_WATERMARK", None,
            "per-connection output buffer above which its consumers pause"),

@@ -58,7 +58,8 @@ def total_memory() -> int:
 class Settings:
     """Everything the broker reads at start-up. Defaults match RabbitMQ's where it has one."""
 
-    host: str = "127.0.0.1"
+    # "localhost" listens on 127.0.0.1 and ::1 (one port); "::" on everything, both families.
+    host: str = "localhost"
     port: int = 5672
     data_dir: str = "./data"
     log_level: str = "info"
@@ -84,6 +85,12 @@ class Settings:
     close_timeout: float = 3.0
     # Memory alarm threshold: a float in (0, 1] is a fraction of RAM, an int is bytes.
     memory_high_watermark: float | int = 0.4
+    # Disk alarm: free space below this on the data directory's file system blocks
+    # publishers. An int is bytes (RabbitMQ's default disk_free_limit is 50000000, "50MB"),
+    # a float a multiple of RAM (RabbitMQ's disk_free_limit.relative); 0 = no probe.
+    disk_free_limit: float | int = 50_000_000
+    # Seconds from accept (after TLS) until connection.open-ok (RabbitMQ: 10 s).
+    handshake_timeout: float = 10.0
     # TLS listener (amqps); tls_port None = no TLS listener; tls_host None = same as host.
     tls_host: str | None = None
     tls_port: int | None = None
@@ -93,6 +100,12 @@ class Settings:
     tls_verify_peer: bool = False
     tls_fail_if_no_peer_cert: bool = False
     tls_handshake_timeout: float = 10.0
+    # Management HTTP API (RabbitMQ's port); None = no listener, host None = same as host.
+    management_host: str | None = None
+    management_port: int | None = 15672
+    # Prometheus metrics (RabbitMQ's rabbitmq_prometheus port); None = no listener.
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int | None = 15692
     queue_defaults: QueueDefaults = field(default_factory=QueueDefaults)
     # Users (password hashes only), extra vhosts and permissions from the configuration.
     users: list[UserSpec] = field(default_factory=list)
@@ -110,6 +123,14 @@ class Settings:
     def memory_high_watermark_bytes(self) -> int:
         """The memory alarm threshold in bytes."""
         value = self.memory_high_watermark
+        if isinstance(value, float):
+            return int(total_memory() * value)
+        return int(value)
+
+    @property
+    def disk_free_limit_bytes(self) -> int:
+        """The disk alarm threshold in bytes (0 = off)."""
+        value = self.disk_free_limit
         if isinstance(value, float):
             return int(total_memory() * value)
         return int(value)

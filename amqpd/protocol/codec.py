@@ -41,6 +41,7 @@ FLAG_CONTENT_TYPE = 0x8000
 FLAG_CONTENT_ENCODING = 0x4000
 FLAG_HEADERS = 0x2000
 FLAG_DELIVERY_MODE = 0x1000
+FLAG_PRIORITY = 0x0800
 FLAG_EXPIRATION = 0x0100
 
 
@@ -243,6 +244,26 @@ def delivery_mode(header_payload: bytes) -> int:
         offset += 1 + header_payload[offset]
     if flags & FLAG_HEADERS:
         offset += 4 + int.from_bytes(header_payload[offset : offset + 4], "big")
+    return header_payload[offset]
+
+
+def priority(header_payload: bytes) -> int:
+    """Read the priority property (0 when absent) without decoding the others; it follows
+    delivery-mode, which is one octet."""
+    flags = header_flags(header_payload)
+    if not flags & FLAG_PRIORITY:
+        return 0
+    if flags & 1:  # more flag words follow; rare, let pamqp handle it
+        return decode_properties(header_payload).priority or 0
+    offset = 14
+    if flags & FLAG_CONTENT_TYPE:
+        offset += 1 + header_payload[offset]
+    if flags & FLAG_CONTENT_ENCODING:
+        offset += 1 + header_payload[offset]
+    if flags & FLAG_HEADERS:
+        offset += 4 + int.from_bytes(header_payload[offset : offset + 4], "big")
+    if flags & FLAG_DELIVERY_MODE:
+        offset += 1
     return header_payload[offset]
 
 

@@ -23,6 +23,7 @@ from pamqp.base import Frame as Method
 from amqpd.broker import routing
 from amqpd.broker.lease import LEASE_EXCHANGE, parse_lease
 from amqpd.broker.message import Message, QueueEntry, route_for
+from amqpd.broker.priority import consumer_priority
 from amqpd.broker.queue import Queue
 from amqpd.broker.transaction import PendingPublish, PendingSettle, Transaction
 from amqpd.broker.vhost import generate_name
@@ -30,6 +31,7 @@ from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.session.consumer import Consumer
 from amqpd.session.declarations import DeclarationMethods
+from amqpd.session.transactions import TransactionMethods
 
 if TYPE_CHECKING:
     from amqpd.session.connection import Connection
@@ -76,7 +78,7 @@ def parse_expiration(value: object) -> int:
                        60, 40)
 
 
-class Channel(DeclarationMethods):
+class Channel(DeclarationMethods, TransactionMethods):
     """State and handlers of one channel of a connection."""
 
     def __init__(self, connection: Connection, channel_id: int):
@@ -103,6 +105,9 @@ class Channel(DeclarationMethods):
         self.transaction: Transaction | None = None
         # Deliveries have ack deadlines only when some queue asks for a consumer timeout.
         self.has_deadlines = False
+        # The broker's event counters (management API rates): one increment per event.
+        self.stats = connection.broker.stats
+        self.stats.channel_created += 1
 
     @property
     def expecting_content(self) -> bool:
@@ -140,8 +145,8 @@ class Channel(DeclarationMethods):
         connection = self.connection
         if not connection.is_publisher:
             connection.is_publisher = True
-            if connection.broker.memory_alarm:
-                connection.set_blocked(True)
+            if connection.broker.alarms:
+                connection.set_blocked(connection.broker.alarms)
 
     def on_content_header(self, payload: bytes) -> None:
         """Content header of the message being published."""
@@ -218,6 +223,7 @@ class Channel(DeclarationMethods):
                     f"'{self.connection.user_name}'",
                     60, 40,
                 )
+        self.stats.publish += 1
         if self.confirm_mode:
             self._publish_seq += 1
         if fields.exchange == LEASE_EXCHANGE:
@@ -264,6 +270,9 @@ class Channel(DeclarationMethods):
         queues = routing.route(exchange, message, vhost.queues, vhost.get_exchange)
         accepted = True
         if queues:
+            if self.connection.broker.store_failure and message.persistent and \
+                    any(queue.durable for queue in queues):
+                return False  # the store failed: refused as by reject-publish (README)
             if routing.has_sender_selected(message) and message.headers and \
                     "BCC" in message.headers:
                 message = _without_bcc(message)
@@ -275,7 +284,10 @@ class Channel(DeclarationMethods):
                     # catch up before reading more from it (RabbitMQ's flow control).
                     self.connection.flow_queues.add(queue)
         elif fields.mandatory:
+            self.stats.return_unroutable += 1
             self.connection.write_return(self.id, 312, "NO_ROUTE", message)
+        else:
+            self.stats.drop_unroutable += 1
         return accepted
 
     def _extend_lease(self, message: Message) -> None:
@@ -286,7 +298,7 @@ class Channel(DeclarationMethods):
                 406, f"cannot extend the lease of unknown delivery tag {request.delivery_tag}",
                 60, 40,
             )
-        delivery.deadline = self.connection.clock() + request.extend_ms / 1000.0
+        delivery.deadline = delivery.queue.extend_lease(self.connection.clock(), request.extend_ms)
         self.has_deadlines = True
 
     def flush_confirms(self) -> None:
@@ -296,15 +308,19 @@ class Channel(DeclarationMethods):
         pending = self._confirms
         if not pending:
             return
-        committed = self.connection.broker.journal.committed
+        journal = self.connection.broker.journal
+        committed, lost = journal.committed, journal.lost_from  # lost: see batch_lost
         ready = 0
         for _, _, batch in pending:
-            if batch > committed:
+            if batch > committed and not (lost and batch >= lost):
                 break
             ready += 1
         if not ready:
             return
         sending, self._confirms = pending[:ready], pending[ready:]
+        if lost:  # batches from lost_from on never reached the disk: nacked, never acked
+            sending = [(seq, ok and not (b and b >= lost), b) for seq, ok, b in sending]
+        self.stats.confirm += ready
         write = self.connection.write_method
         run_start = 0
         for index in range(ready + 1):
@@ -325,8 +341,10 @@ class Channel(DeclarationMethods):
         queue = consumer.queue
         self.connection.write_deliver(self.id, consumer.tag_bytes, tag, entry)
         if consumer.no_ack:
+            self.stats.deliver_no_ack += 1
             queue.acknowledge(entry)
             return
+        self.stats.deliver += 1
         self.unacked[tag] = Delivery(entry, queue, consumer, self._deadline(queue))
         consumer.unacked += 1
         self.unacked_count += 1
@@ -342,7 +360,7 @@ class Channel(DeclarationMethods):
         """The queue went away: forget the consumer and tell the client if it listens."""
         self.consumers.pop(consumer.tag, None)
         if self.connection.client_capability("consumer_cancel_notify"):
-            self.connection.write_method(self.id, commands.Basic.Cancel(consumer.tag, True))
+            self.send_server_cancel(consumer.tag)  # after delete-ok if this channel deletes
 
     # -- acknowledgements --------------------------------------------------------------
 
@@ -364,6 +382,8 @@ class Channel(DeclarationMethods):
 
     def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
         """Ack (requeue None), reject/nack (False: drop or dead-letter) or requeue (True)."""
+        if requeue is None:
+            self.stats.ack += len(deliveries)
         touched: dict[Queue, list[QueueEntry]] = {}
         for delivery in deliveries:
             consumer = delivery.consumer
@@ -560,6 +580,8 @@ class Channel(DeclarationMethods):
             other.exclusive for other in queue.consumers
         ):
             raise ChannelError(403, f"{queue.describe()} in exclusive use")
+        queue.check_consume(method.no_ack, self.prefetch_count, method.arguments or {})
+        priority = consumer_priority(method.arguments, queue.describe())
         consumer = Consumer(
             tag, self, queue, method.no_ack, method.exclusive, self.prefetch_count,
             method.arguments or {},
@@ -567,7 +589,7 @@ class Channel(DeclarationMethods):
         self.consumers[tag] = consumer
         if not method.nowait:
             self.connection.write_method(self.id, commands.Basic.ConsumeOk(tag))
-        queue.add_consumer(consumer)
+        queue.add_consumer(consumer, priority)
 
     def on_basic_cancel(self, method: commands.Basic.Cancel) -> None:
         """basic.cancel; its unacked deliveries stay unacked on the channel (RabbitMQ)."""
@@ -584,69 +606,23 @@ class Channel(DeclarationMethods):
         queue = self.vhost.queue_or_404(name, self.connection)
         entry = queue.take()
         if entry is None:
+            self.stats.get_empty += 1
             self.connection.write_method(self.id, commands.Basic.GetEmpty())
             return
         tag = self._next_delivery_tag
         self._next_delivery_tag = tag + 1
         self.connection.write_get_ok(self.id, tag, entry, queue.message_count)
         if method.no_ack:
+            self.stats.get_no_ack += 1
             queue.acknowledge(entry)
         else:
+            self.stats.get += 1
             self.unacked[tag] = Delivery(entry, queue, None, self._deadline(queue))
             self.unacked_count += 1
 
     def on_basic_recover_async(self, method: commands.Basic.RecoverAsync) -> None:
         """basic.recover-async (deprecated): requeue without a reply."""
         self.requeue_all()
-
-    # -- confirm class -----------------------------------------------------------------
-
-    def on_confirm_select(self, method: commands.Confirm.Select) -> None:
-        """confirm.select: from now on every publish is acked or nacked."""
-        if self.transaction is not None:
-            raise ChannelError(406, "cannot switch from tx to confirm mode")
-        self.confirm_mode = True
-        if not method.nowait:
-            self.connection.write_method(self.id, commands.Confirm.SelectOk())
-
-    # -- tx class ----------------------------------------------------------------------
-
-    def on_tx_select(self, method: commands.Tx.Select) -> None:
-        """tx.select: the channel becomes transactional."""
-        if self.confirm_mode:
-            raise ChannelError(406, "cannot switch from confirm to tx mode")
-        if self.transaction is None:
-            self.transaction = Transaction()
-        self.connection.write_method(self.id, commands.Tx.SelectOk())
-
-    def _require_transaction(self) -> Transaction:
-        if self.transaction is None:
-            raise ChannelError(406, "channel is not transactional")
-        return self.transaction
-
-    def on_tx_commit(self, method: commands.Tx.Commit) -> None:
-        """tx.commit: apply the buffered publishes and acknowledgements, in order."""
-        transaction = self._require_transaction()
-        actions = list(transaction.actions)
-        transaction.clear()
-        for action in actions:
-            if isinstance(action, PendingPublish):
-                self._route(action.fields, action.message)
-            else:
-                deliveries = [self.unacked.pop(tag) for tag in action.delivery_tags
-                              if tag in self.unacked]
-                self._settle(deliveries, action.requeue)
-        # commit-ok promises the work is done, so it waits for the disk like a confirm.
-        self.connection.broker.journal.after_commit(self._commit_ok)
-
-    def _commit_ok(self) -> None:
-        if self.connection.channels.get(self.id) is self:
-            self.connection.write_method(self.id, commands.Tx.CommitOk())
-
-    def on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
-        """tx.rollback: drop the buffered work; deliveries stay unacked."""
-        self._require_transaction().clear()
-        self.connection.write_method(self.id, commands.Tx.RollbackOk())
 
 
 def _ids(method: Method) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from pamqp.base import Frame as Method
 from amqpd import __version__
 from amqpd.access.auth import AuthError, mechanisms_for
 from amqpd.access.permissions import check_vhost_access
+from amqpd.broker.broker import blocked_reason
 from amqpd.broker.message import Message, QueueEntry
 from amqpd.protocol import codec
 from amqpd.protocol.constants import (
@@ -68,6 +69,9 @@ class ConnectionState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
 
+# Until connection.open-ok the peer is on the clock (listeners.handshake_timeout).
+_HANDSHAKING = frozenset(state for state in ConnectionState if state.name.startswith("AWAIT"))
+
 
 SERVER_CAPABILITIES = {
     "publisher_confirms": True,
@@ -75,7 +79,7 @@ SERVER_CAPABILITIES = {
     "basic.nack": True,
     "consumer_cancel_notify": True,
     "connection.blocked": True,
-    "consumer_priorities": False,
+    "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
     "direct_reply_to": False,
@@ -111,6 +115,7 @@ class Connection:
         self.heartbeat = 0
         self.last_received = clock()
         self.last_sent = clock()
+        self.accepted_at = clock()
         self.client_properties: dict[str, object] = {}
         self.user_name = ""
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set by connection.open
@@ -129,6 +134,12 @@ class Connection:
         self.flow_queues: set[Queue] = set()
         self.blocked_sent = False
         self._discard_input = False
+        # Set when the client closed the connection: the shell then sends FIN after close-ok
+        # and reads (dropping it) until the client closes, instead of closing at once.
+        self.drain_after_close = False
+        # For the management API: when it opened (wall clock, ms) and the churn counter.
+        self.connected_at = int(time.time() * 1000)
+        broker.stats.connection_created += 1
 
     # -- output ------------------------------------------------------------------------
 
@@ -232,14 +243,15 @@ class Connection:
                 queues.discard(queue)
         return bool(queues)
 
-    def set_blocked(self, blocked: bool) -> None:
-        """Tell a publishing client that the broker is (no longer) blocking it."""
-        if blocked and self.is_publisher and not self.blocked_sent and \
+    def set_blocked(self, alarms: frozenset[str]) -> None:
+        """Tell a publisher the broker is (no longer) blocking it (an alarm listener). As
+        RabbitMQ: one blocked names the raised alarms; unblocked once none is raised."""
+        if alarms and self.is_publisher and not self.blocked_sent and \
                 self.state is ConnectionState.OPEN and \
                 self.client_capability("connection.blocked"):
             self.blocked_sent = True
-            self.write_method(0, commands.Connection.Blocked("low on memory"))
-        elif not blocked and self.blocked_sent:
+            self.write_method(0, commands.Connection.Blocked(blocked_reason(alarms)))
+        elif not alarms and self.blocked_sent:
             self.blocked_sent = False
             self.write_method(0, commands.Connection.Unblocked())
 
@@ -359,6 +371,7 @@ class Connection:
                     self._finish()
                 elif isinstance(method, commands.Connection.Close):
                     self.write_method(0, commands.Connection.CloseOk())
+                    self.drain_after_close = True
                     self._finish()
             return
         if channel_id == 0:
@@ -420,6 +433,8 @@ class Connection:
                     "copyright": "amqpd developers",
                     "cluster_name": self.broker.cluster_name,
                     "capabilities": dict(SERVER_CAPABILITIES),
+                    # Alarms and a failed store for `amqpd ping`; clients ignore the rest.
+                    "health": "; ".join(self.broker.health()) or "ok",
                 },
                 mechanisms=mechanisms_for(self.tls_peer_cn is not None),
                 locales="en_US",
@@ -429,7 +444,13 @@ class Connection:
     def _connection_method(self, method: Method) -> None:
         state = self.state
         if isinstance(method, commands.Connection.Close):
+            # Frames may still follow the close (amqplib muxes its channels' buffers, so
+            # publishes queued earlier can leave after it): they are dropped (``finished``),
+            # and the shell keeps reading until the client closes, because closing a socket
+            # with unread input sends RST, and RST destroys the close-ok the client has not
+            # read yet (ECONNRESET instead of a completed close).
             self.write_method(0, commands.Connection.CloseOk())
+            self.drain_after_close = True
             self._finish()
             return
         if state is ConnectionState.AWAIT_START_OK and isinstance(
@@ -626,6 +647,11 @@ class Connection:
         if self.close_deadline is not None and now >= self.close_deadline:
             self._finish()
             return
+        if self.state in _HANDSHAKING and now - self.accepted_at >= self.settings.handshake_timeout:
+            # A peer stuck before connection.open (silent, half-open) must not keep a socket.
+            LOGGER.info("closing %s: handshake timeout in %s", self.peer, self.state.value)
+            self._finish()
+            return
         if self.state is ConnectionState.OPEN:
             for channel in list(self.channels.values()):
                 if channel.state is ChannelState.OPEN:
@@ -634,6 +660,8 @@ class Connection:
                     except ChannelError as exc:
                         self._close_channel(channel, exc)
         if self.heartbeat and self.state in (ConnectionState.OPEN, ConnectionState.AWAIT_OPEN):
+            if self.is_publisher and self.broker.alarms:
+                self.last_received = now  # not read while blocked: silence is ours (RabbitMQ)
             if now - self.last_received > 2 * self.heartbeat:
                 LOGGER.info("heartbeat timeout for %s: no frames for %ss",
                             self.peer, 2 * self.heartbeat)

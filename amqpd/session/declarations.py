@@ -24,11 +24,21 @@ class DeclarationMethods:
 
     connection: Connection
     id: int
+    #: Consumer tags of this channel cancelled by the queue.delete it is running; None
+    #: outside one (see ``on_queue_delete``).
+    deferred_cancels: list[str] | None = None
 
     @property
     def vhost(self) -> Any:
         """The connection's virtual host."""
         return self.connection.vhost
+
+    def send_server_cancel(self, tag: str) -> None:
+        """basic.cancel from the server, held back while this channel runs queue.delete."""
+        if self.deferred_cancels is not None:
+            self.deferred_cancels.append(tag)
+        else:
+            self.connection.write_method(self.id, commands.Basic.Cancel(tag, True))
 
     def _allow(self, permission: Any, kind: Any, name: str) -> None:
         """RabbitMQ's configure / write / read permission check (403 naming the resource)."""
@@ -73,11 +83,17 @@ class DeclarationMethods:
             self.connection.write_method(self.id, commands.Exchange.BindOk())
 
     def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
-        """exchange.unbind."""
+        """exchange.unbind; as RabbitMQ, unbind-ok when the source, the destination or the
+        binding is already gone (an auto-deleted exchange, say): unbinding is idempotent.
+        Only the default exchange is refused (403), even when the other side is missing."""
         self._allow("write", "exchange", method.destination)
         self._allow("read", "exchange", method.source)
-        destination = self.vhost.destination_exchange(method.destination)
-        self.vhost.unbind(method.source, destination, method.routing_key, method.arguments)
+        vhost = self.vhost
+        if method.source == "" or method.destination == "":
+            raise ChannelError(403, "operation not permitted on the default exchange")
+        destination = vhost.get_exchange(method.destination)
+        if destination is not None and vhost.get_exchange(method.source) is not None:
+            vhost.unbind(method.source, destination, method.routing_key, method.arguments)
         if not method.nowait:
             self.connection.write_method(self.id, commands.Exchange.UnbindOk())
 
@@ -158,7 +174,18 @@ class DeclarationMethods:
         """queue.delete with if-unused / if-empty."""
         name = self._queue_name(method.queue)
         self._allow("configure", "queue", name)
-        count = self.vhost.delete_queue(name, self.connection, method.if_unused, method.if_empty)
+        # RabbitMQ answers delete-ok before the basic.cancel of this channel's own consumers
+        # of the queue (other channels get theirs at once). py-amqp (kombu, Celery) raises
+        # ConsumerCancelled when a basic.cancel arrives while it waits for delete-ok.
+        self.deferred_cancels = []
+        try:
+            count = self.vhost.delete_queue(
+                name, self.connection, method.if_unused, method.if_empty
+            )
+        finally:
+            cancelled, self.deferred_cancels = self.deferred_cancels, None
         if not method.nowait:
             self.connection.write_method(self.id, commands.Queue.DeleteOk(count))
+        for tag in cancelled:
+            self.connection.write_method(self.id, commands.Basic.Cancel(tag, True))
 

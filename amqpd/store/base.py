@@ -26,6 +26,8 @@ from amqpd.store.records import (
     StoredEntry,
     StoredMessage,
     StoreError,
+    StoreFullError,
+    StoreIOError,
     StoreLockedError,
     StoreVersionError,
     UserRecord,
@@ -42,6 +44,8 @@ __all__ = [
     "Store",
     "StoreCorruptError",
     "StoreError",
+    "StoreFullError",
+    "StoreIOError",
     "StoreLockedError",
     "StoreVersionError",
     "StoredEntry",
@@ -60,8 +64,9 @@ class Store(Protocol):
     def commit(self, batch: Batch) -> None:
         """Apply the batch atomically; it is durable when this returns.
 
-        Seals the batch. On StoreError nothing of the batch was applied; the same batch may
-        be committed again.
+        Seals the batch. On StoreFullError nothing of the batch was applied; the same batch
+        may be committed again. On StoreIOError (a failed write or fsync) what reached the
+        disk is unknown: the caller treats the batch as lost and writes nothing more.
         """
         ...
 

@@ -101,3 +101,14 @@ class StoreVersionError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process has the store file open."""
+
+
+class StoreFullError(StoreError):
+    """The file system is full (SQLITE_FULL, ENOSPC). Nothing of the batch was applied and
+    nothing is lost: the same batch may be committed again once there is space."""
+
+
+class StoreIOError(StoreError):
+    """A write or fsync failed (EIO and the like). What reached the disk is unknown: a retried
+    fsync may report success for pages the kernel already dropped, so the batch must be
+    treated as lost, never as committed."""

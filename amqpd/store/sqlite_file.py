@@ -13,6 +13,8 @@ from pathlib import Path
 from amqpd.store.records import (
     StoreCorruptError,
     StoreError,
+    StoreFullError,
+    StoreIOError,
     StoreLockedError,
     StoreVersionError,
 )
@@ -122,6 +124,7 @@ COUNTERS = (
 # SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_FULL = 5, 6, 11, 13
 _SQLITE_CONSTRAINT, _SQLITE_NOTADB = 19, 26
+_SQLITE_IOERR = 10
 
 
 def open_database(path: Path) -> sqlite3.Connection:
@@ -289,7 +292,9 @@ def translate_error(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
             " data directory"
         )
     if code == _SQLITE_FULL:
-        return StoreError(f"{path}: the disk is full ({action})")
+        return StoreFullError(f"{path}: the disk is full ({action})")
+    if code == _SQLITE_IOERR:
+        return StoreIOError(f"{path}: {action}: disk I/O error ({exc})")
     if code == _SQLITE_CONSTRAINT:
         return StoreError(f"{path}: {action}: a message id or entry seq was reused ({exc})")
     return StoreError(f"{path}: {action} failed: {exc}")

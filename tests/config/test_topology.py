@@ -304,10 +304,10 @@ def test_reload_applies_additions_and_changes(tmp_path: Path,
     assert "alice-more" in broker.vhosts["staging"].queues
     assert broker.settings.heartbeat == 5
     assert broker.settings.port == 0  # the command line still wins over the file
-    assert broker.settings.host == "127.0.0.1"  # read at start only
+    assert broker.settings.host == "localhost"  # read at start only
     assert result.needs_restart == [
-        "listeners.amqp.host changed (127.0.0.1 -> 0.0.0.0) but is read at start only; "
-        "still 127.0.0.1 until a restart"
+        "listeners.amqp.host changed (localhost -> 0.0.0.0) but is read at start only; "
+        "still localhost until a restart"
     ]
     assert "limits.heartbeat: 60 -> 5" in result.applied
     assert "reload: listeners.amqp.host changed" in caplog.text

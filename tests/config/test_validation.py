@@ -182,7 +182,7 @@ def test_topology_file_and_inline_topology_must_agree(
 
 def test_empty_file_gives_the_defaults(load: Callable[..., Settings]) -> None:
     settings = load("")
-    assert (settings.host, settings.port, settings.frame_max) == ("127.0.0.1", 5672, 131072)
+    assert (settings.host, settings.port, settings.frame_max) == ("localhost", 5672, 131072)
 
 
 def test_shipped_config_equals_the_defaults() -> None:

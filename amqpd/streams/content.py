@@ -1,0 +1,95 @@
+"""How a published message is stored in a stream's log, and how it is delivered.
+
+A record's payload is the message exactly as published -- exchange, routing key, the raw
+content header and the body -- plus the ``x-stream-filter-value`` taken out once at publish
+time, so filtering a record never decodes its headers. Deliveries get the ``x-stream-offset``
+header spliced into the stored content header bytes: the other properties and headers go
+out byte for byte as they came in (array and table headers included, which RabbitMQ drops).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from amqpd.broker.message import Message, route_for
+from amqpd.protocol import codec
+
+_PREFIX = struct.Struct(">BBHI")  # exchange len, routing key len, filter len, header len
+_NO_FILTER = 0xFFFF
+_FLAG_CONTENT_TYPE = 0x8000
+_FLAG_CONTENT_ENCODING = 0x4000
+_OFFSET_FIELD = b"\x0fx-stream-offset"
+FILTER_HEADER = "x-stream-filter-value"
+
+
+def filter_value(message: Message) -> str | None:
+    """The message's ``x-stream-filter-value`` header, when it is a string."""
+    if not codec.header_flags(message.header_payload) & codec.FLAG_HEADERS:
+        return None
+    headers = message.headers
+    value = headers.get(FILTER_HEADER) if headers else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def encode(message: Message) -> bytes:
+    """The record payload of a published message."""
+    exchange = message.route.exchange_bytes
+    routing_key = message.route.routing_key_bytes
+    value = filter_value(message)
+    filter_bytes = value.encode("utf-8")[:_NO_FILTER - 1] if value is not None else b""
+    header = message.header_payload
+    return b"".join((
+        _PREFIX.pack(len(exchange), len(routing_key),
+                     len(filter_bytes) if value is not None else _NO_FILTER, len(header)),
+        exchange, routing_key, filter_bytes, header, message.body,
+    ))
+
+
+class StoredMessage:
+    """A record payload taken apart (no copies of the body until it is delivered)."""
+
+    __slots__ = ("filter", "message")
+
+    def __init__(self, payload: bytes):
+        exchange_len, key_len, filter_len, header_len = _PREFIX.unpack_from(payload, 0)
+        at = _PREFIX.size
+        exchange = payload[at:at + exchange_len].decode("utf-8")
+        at += exchange_len
+        routing_key = payload[at:at + key_len].decode("utf-8")
+        at += key_len
+        self.filter: str | None = None
+        if filter_len != _NO_FILTER:
+            self.filter = payload[at:at + filter_len].decode("utf-8", "replace")
+            at += filter_len
+        header = payload[at:at + header_len]
+        at += header_len
+        self.message = Message(route_for(exchange, routing_key), header, payload[at:])
+
+
+def with_offset(message: Message, offset: int) -> Message:
+    """The message to deliver: its content header with ``x-stream-offset`` (a signed 64-bit
+    integer, as RabbitMQ sends it) added to the headers table."""
+    header = message.header_payload
+    flags = codec.header_flags(header)
+    at = 14  # class id, weight, body size, property flags
+    if flags & _FLAG_CONTENT_TYPE:
+        at += 1 + header[at]
+    if flags & _FLAG_CONTENT_ENCODING:
+        at += 1 + header[at]
+    field = _OFFSET_FIELD + b"l" + struct.pack(">q", offset)
+    if flags & codec.FLAG_HEADERS:
+        (table_len,) = struct.unpack_from(">I", header, at)
+        table = header[at + 4:at + 4 + table_len]
+        if _OFFSET_FIELD in table:  # the publisher set one itself: replace it properly
+            properties = codec.decode_properties(header)
+            properties.headers = {**(properties.headers or {}), "x-stream-offset": offset}
+            return Message(message.route, codec.encode_header_payload(
+                len(message.body), properties), message.body)
+        spliced = b"".join((header[:at], struct.pack(">I", table_len + len(field)), table,
+                            field, header[at + 4 + table_len:]))
+    else:
+        spliced = b"".join((header[:12], struct.pack(">H", flags | codec.FLAG_HEADERS),
+                            header[14:at], struct.pack(">I", len(field)), field, header[at:]))
+    return Message(message.route, spliced, message.body)

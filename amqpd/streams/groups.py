@@ -1,0 +1,139 @@
+"""Consumer groups of a stream: a shared read position and a durable committed offset.
+
+Theory of operation:
+- A group reads the stream once for all its members: one :class:`~amqpd.streams.log.Cursor`,
+  and each message goes to one member (the stream's dispatch picks members round-robin by
+  credit).
+- ``outstanding`` holds the offsets delivered and not yet settled; ``redeliver`` the ones a
+  member gave back (nack with requeue, a closed channel), which go out again before the
+  cursor moves on. The committed offset is therefore the lowest offset still owed to the
+  group, or the cursor when nothing is: everything below it was acked (or filtered out),
+  so a crash never skips a message -- it can only deliver again what was not yet committed.
+- The commit is computed when the stream syncs (once per group commit of the broker), not
+  per ack, and written to ``groups.log`` in the stream's directory: one JSON line
+  ``[name, offset]`` per change, the last line per name wins, compacted when opened. A
+  torn last line after a crash is ignored (that commit was not yet durable).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from amqpd.streams.arguments import ConsumeSpec
+from amqpd.streams.log import Cursor, SegmentLog
+
+if TYPE_CHECKING:
+    from amqpd.broker.consumer import QueueConsumer
+
+LOGGER = logging.getLogger(__name__)
+GROUPS_FILE = "groups.log"
+
+
+class Group:
+    """One consumer group of one stream."""
+
+    __slots__ = ("cursor", "dirty", "members", "name", "outstanding", "redeliver", "spec",
+                 "stored")
+
+    def __init__(self, name: str, cursor: Cursor, stored: int | None):
+        self.name = name
+        self.cursor = cursor
+        self.stored = stored  # the committed offset last written to the file
+        self.members: list[QueueConsumer] = []  # the group's consumers, in join order
+        self.outstanding: set[int] = set()
+        self.redeliver: list[int] = []  # a heap
+        self.spec: ConsumeSpec | None = None  # the filters of the member that started it
+        self.dirty = False
+
+    @property
+    def committed(self) -> int:
+        """The offset after the highest contiguously settled message."""
+        low = self.cursor.offset
+        if self.outstanding:
+            low = min(low, min(self.outstanding))
+        if self.redeliver:
+            low = min(low, self.redeliver[0])
+        return low
+
+    def settled(self, offset: int) -> None:
+        """An offset was acked (or rejected): it no longer holds the commit back."""
+        self.outstanding.discard(offset)
+        self.dirty = True
+
+    def returned(self, offset: int) -> None:
+        """An offset came back unsettled: deliver it again to some member."""
+        if offset in self.outstanding:
+            self.outstanding.discard(offset)
+            heapq.heappush(self.redeliver, offset)
+
+    def take_redelivery(self, log: SegmentLog) -> int | None:
+        """The next returned offset still in the log, or None."""
+        while self.redeliver:
+            offset = heapq.heappop(self.redeliver)
+            if offset >= log.first_offset:
+                return offset
+        return None
+
+
+class GroupStore:
+    """The committed offsets of a stream's groups, in ``groups.log``."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / GROUPS_FILE
+        self.offsets: dict[str, int] = {}
+        lines = 0
+        try:
+            with self.path.open("rb") as file:
+                for line in file:
+                    lines += 1
+                    try:
+                        name, offset = json.loads(line)
+                    except (ValueError, TypeError):
+                        continue  # a torn last line: that commit never became durable
+                    if isinstance(name, str) and isinstance(offset, int):
+                        self.offsets[name] = offset
+        except FileNotFoundError:
+            pass
+        if lines > len(self.offsets):
+            self._compact()
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.dirty = False
+
+    def _compact(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("wb") as file:
+            file.write(b"".join(self._line(name, offset) for name, offset in self.offsets.items()))
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.path)
+
+    @staticmethod
+    def _line(name: str, offset: int) -> bytes:
+        return json.dumps([name, offset]).encode("utf-8") + b"\n"
+
+    def write(self, commits: dict[str, int]) -> None:
+        """Append changed commits (they survive a kill -9 from here, a power cut after
+        the next fsync)."""
+        if not commits:
+            return
+        self.offsets.update(commits)
+        os.write(self.fd, b"".join(self._line(name, offset) for name, offset in commits.items()))
+        self.dirty = True
+
+    def sync_handle(self) -> int | None:
+        """A duplicated descriptor to fsync when something was written, else None."""
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return os.dup(self.fd)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
