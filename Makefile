@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck unit interop test-rabbitmq test-crash bench clean
+.PHONY: fuzz soak
 .PHONY: image-test
 
 $(STAMP): pyproject.toml
@@ -33,8 +34,20 @@ $(NODE_STAMP): interop/node/package.json interop/node/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
 		npm ci --prefix interop/node --no-audit --no-fund --loglevel=error && touch $@; fi
 
+# Chromium for tests/test_dashboard.py, which renders the web dashboard in a real browser:
+# Debian's chromium when no browser is there (root); once. When this cannot install it,
+# those tests are skipped and say why.
+CHROMIUM_STAMP := $(VENV)/.chromium-stamp
+$(CHROMIUM_STAMP): | $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ echo "chromium is missing; installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; } || echo "could not install chromium: the dashboard browser tests are skipped"
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; \
+		then touch $@; fi
+
 # Every test: lint, types, unit tests and the interop suite against a fresh broker.
-test: $(STAMP) $(NODE_STAMP) lint typecheck
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -50,6 +63,16 @@ test-rabbitmq: $(STAMP) $(NODE_STAMP)
 # The kill -9 crash test, many rounds (make test runs two of each).
 test-crash: $(STAMP)
 	AMQPD_CRASH_ROUNDS=$${AMQPD_CRASH_ROUNDS:-50} $(BIN)/python -m pytest -q tests/test_crash.py
+
+# Frame fuzzing of the sans-IO connection, long run (make test runs a few seconds of it):
+# FUZZ_FRAMES mutated frames, then frames/s and the findings; exit 1 when anything is found.
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.run --frames $${FUZZ_FRAMES:-1000000}
+
+# The soak, by hand (minutes; not part of make test): 10,000 connections with heartbeats for
+# SOAK_SECONDS, 1,000 channels, 100,000 queues, control-client latency. See README, Reliability.
+soak: $(STAMP)
+	$(BIN)/python interop/soak.py --seconds $${SOAK_SECONDS:-600}
 
 # amqpd and Debian's RabbitMQ (installed if missing) side by side, medians of 3 rounds, every
 # scenario; the table goes to interop/results/. Not a test: timings never fail a build.

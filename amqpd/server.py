@@ -43,7 +43,11 @@ from amqpd.metrics.commits import CommitStats
 from amqpd.protocol.constants import CONNECTION_FORCED
 from amqpd.session.connection import Connection
 from amqpd.store import Store, StoreError, StoreFullError, open_store
+from amqpd.store.policy_file import FILENAME as POLICY_FILENAME
+from amqpd.store.policy_file import read_policies
 from amqpd.streams import install as install_streams
+from amqpd.topology.access_file import FILENAME as ACCESS_FILENAME
+from amqpd.topology.access_file import restore_access
 
 LOGGER = logging.getLogger(__name__)
 
@@ -583,6 +587,12 @@ def open_and_recover(
     started = time.monotonic()
     count = recover(broker, journal, snapshot)
     LOGGER.info("recovered %d messages in %.2f s", count, time.monotonic() - started)
+    try:
+        broker.restore_policies(read_policies(data_dir / POLICY_FILENAME))
+    except StoreError:
+        store.close()
+        raise
+    broker.policy_file = data_dir / POLICY_FILENAME
     return store
 
 
@@ -595,9 +605,14 @@ def raise_open_files_limit() -> int:
         wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            LOGGER.info("open files limit raised from %d to %d", soft, wanted)
             soft = wanted
         except (ValueError, OSError) as exc:
             LOGGER.warning("cannot raise the open files limit from %d: %s", soft, exc)
+    else:
+        # Said either way: "how many connections can this broker hold" starts here.
+        LOGGER.info("open files limit %s (already the hard limit)",
+                    "unlimited" if soft == resource.RLIM_INFINITY else soft)
     return soft
 
 
@@ -629,6 +644,13 @@ def run(
             print(exc, file=sys.stderr)  # noqa: T201
             store.close()
             return 1
+    try:
+        # After the configuration: a name it defines is the configuration's.
+        restore_access(broker, Path(broker.settings.data_dir) / ACCESS_FILENAME)
+    except StoreError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)  # noqa: T201
+        store.close()
+        return 1
     server = Server(broker, announce, store)
     # A broker holds millions of long-lived, acyclic objects (queued messages): with the
     # default thresholds the cyclic collector rescans them all the time (measured: 14% of

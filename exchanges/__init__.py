@@ -5,11 +5,11 @@ No I/O and no dependency on the server: an exchange type receives bindings and a
 third-party types come from the ``amqpd.exchanges`` entry-point group.
 
 Built-in types: ``direct``, ``fanout``, ``topic``, ``headers``, ``x-rules`` and
-``x-consistent-hash``.
+``x-consistent-hash`` and ``x-delayed-message``.
 """
 
 # The type modules are imported for their @register side effect.
-from exchanges import consistent_hash, direct, fanout, headers, rules, topic
+from exchanges import consistent_hash, delayed, direct, fanout, headers, rules, topic
 from exchanges.base import (
     Binding,
     D,
@@ -31,6 +31,7 @@ __all__ = [
     "PreconditionFailed",
     "Routable",
     "consistent_hash",
+    "delayed",
     "direct",
     "fanout",
     "get_exchange_type",

@@ -70,6 +70,7 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--data-dir", str(data_dir),
             "--log-level", "warning",
             "--management-port", "0",
+            "--prometheus-port", "0",
         ],
         cwd=REPO_ROOT,
         env=env,
@@ -106,14 +107,17 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 hostport = line.split("amqpd listening on ", 1)[1].strip()
                 host, _, port = hostport.rpartition(":")
                 url = f"amqp://guest:guest@{host}:{int(port)}/%2F"
-        # The management API announces itself after the AMQP listener(s).
-        while "url" not in _MANAGEMENT:
+        # The HTTP listeners announce themselves after the AMQP listener(s), in any order.
+        while "url" not in _MANAGEMENT or "prometheus" not in _MANAGEMENT:
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             if line is None:
                 break
             if line.startswith("amqpd management listening on "):
                 hostport = line.split("amqpd management listening on ", 1)[1].strip()
                 _MANAGEMENT["url"] = f"http://guest:guest@{hostport}/api/"
+            elif line.startswith("amqpd prometheus listening on "):
+                hostport = line.split("amqpd prometheus listening on ", 1)[1].strip()
+                _MANAGEMENT["prometheus"] = f"http://{hostport}/metrics"
     except BaseException:
         proc.kill()
         proc.wait()
@@ -152,6 +156,18 @@ def management_url(amqp_url: str) -> str:
     if "url" not in _MANAGEMENT:
         pytest.skip("no management API: set AMQP_MANAGEMENT_URL with AMQP_URL")
     return _MANAGEMENT["url"]
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(amqp_url: str) -> str:
+    """``http://HOST:PORT/metrics`` of the broker under test: ``AMQP_PROMETHEUS_URL``, or the
+    amqpd the ``amqp_url`` fixture started (skips for another broker without one)."""
+    env_url = os.environ.get("AMQP_PROMETHEUS_URL")
+    if env_url:
+        return env_url.rstrip("/")
+    if "prometheus" not in _MANAGEMENT:
+        pytest.skip("no Prometheus endpoint: set AMQP_PROMETHEUS_URL with AMQP_URL")
+    return _MANAGEMENT["prometheus"]
 
 
 @pytest.fixture(scope="session")

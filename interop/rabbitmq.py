@@ -7,8 +7,9 @@ Erlang distribution port and data/log directories in a temporary directory, so
 it never disturbs another RabbitMQ on the machine.  The consistent-hash exchange,
 management (HTTP API on a free port) and Prometheus (on a free port) plugins are enabled
 and ``guest`` may log in from anywhere (``loopback_users = none``). ``start`` and ``run``
-also give the management API's URL: ``run`` sets ``AMQP_MANAGEMENT_URL`` for the command,
-``start`` prints it on a second line.
+also give the management API's URL and the Prometheus one: ``run`` sets
+``AMQP_MANAGEMENT_URL`` and ``AMQP_PROMETHEUS_URL`` for the command, ``start`` prints them on
+a second and a third line.
 
 Command line::
 
@@ -71,6 +72,11 @@ class Instance:
     @property
     def management_url(self) -> str:
         return f"http://guest:guest@127.0.0.1:{self.management_port}/api/"
+
+    @property
+    def prometheus_url(self) -> str:
+        """The rabbitmq_prometheus listener, e.g. for AMQP_PROMETHEUS_URL."""
+        return f"http://127.0.0.1:{self.prometheus_port}/metrics"
 
     @property
     def pid_file(self) -> str:
@@ -180,7 +186,10 @@ def _prepare_dir(base: Path, management_port: int, prometheus_port: int) -> None
     (base / "advanced.config").write_text("[].\n")
     (base / "enabled_plugins").write_text(
         "[rabbitmq_consistent_hash_exchange,rabbitmq_management,rabbitmq_prometheus].\n")
-    (base / "rabbitmq-env.conf").write_text("")
+    # Sourced by the server script after `su rabbitmq`, which resets the soft open-files
+    # limit to 1024 (RabbitMQ then refuses connections past ~900): raise it to the hard
+    # limit, as Debian's /etc/default/rabbitmq-server suggests for many connections.
+    (base / "rabbitmq-env.conf").write_text('ulimit -n "$(ulimit -Hn)" 2>/dev/null || true\n')
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam("rabbitmq")
@@ -325,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"RabbitMQ at {inst.url}, management {inst.management_url}", file=sys.stderr)
             return subprocess.call(command, env=dict(
-                os.environ, AMQP_URL=inst.url, AMQP_MANAGEMENT_URL=inst.management_url))
+                os.environ, AMQP_URL=inst.url, AMQP_MANAGEMENT_URL=inst.management_url,
+                AMQP_PROMETHEUS_URL=inst.prometheus_url))
         finally:
             stop(inst)
 
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         args.state.write_text(json.dumps(asdict(inst)))
         print(inst.url)
         print(inst.management_url)
+        print(inst.prometheus_url)
         return 0
 
     if not args.state.exists():

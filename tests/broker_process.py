@@ -20,7 +20,8 @@ class BrokerProcess:
     ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, "--port", "0", "--data-dir", str(data_dir),
-             "--log-level", "warning", "--management-port", "0", *extra],
+             "--log-level", "warning", "--management-port", "0", "--prometheus-port", "0",
+             *extra],
             cwd=REPO_ROOT,
             env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
             stdin=subprocess.DEVNULL,

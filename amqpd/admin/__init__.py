@@ -10,6 +10,8 @@ come from monotonic counters sampled into small rings (:mod:`~amqpd.admin.rates`
 - :mod:`~amqpd.admin.auth` -- Basic authentication and RabbitMQ's user tags;
 - :mod:`~amqpd.admin.readmodel` -- broker objects rendered as RabbitMQ's JSON;
 - :mod:`~amqpd.admin.paging` -- ``sort``, ``columns``, ``page`` and friends;
-- ``api_*`` -- the endpoints, one module per family;
+- ``api_*`` -- the endpoints, one module per family (``api_dashboard``: what the web
+  dashboard reads beyond RabbitMQ's API);
+- :mod:`~amqpd.admin.dashboard` -- the web dashboard at ``/`` (its files in ``static/``);
 - :mod:`~amqpd.admin.ctl` -- the rabbitmqctl-like client (``amqpd ctl``).
 """

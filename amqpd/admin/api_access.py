@@ -8,6 +8,7 @@ ones belong), while durable queues and exchanges declared in a new vhost are.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from amqpd.access.auth import User, hash_algorithm, hash_password
@@ -20,6 +21,7 @@ from amqpd.admin.readmodel import permission_json, unacked_by_queue, user_json, 
 from amqpd.admin.routes import Route, route
 from amqpd.broker.broker import Broker
 from amqpd.protocol.constants import CONNECTION_FORCED
+from amqpd.topology.access_file import save_access
 
 # -- vhosts --------------------------------------------------------------------------------
 
@@ -69,6 +71,7 @@ def delete_vhost(broker: Broker, name: str, connections: list[Any]) -> None:
             vhost.delete_exchange(exchange_name)
     for user in broker.users.users.values():
         user.clear_permission(name)
+    vhost.policies.clear()  # and from the policies file
     del broker.vhosts[name]
 
 
@@ -236,22 +239,35 @@ def delete_permission(call: Call) -> Reply:
     return Reply(NO_CONTENT)
 
 
+def _kept(handler: Callable[[Call], Reply]) -> Callable[[Call], Reply]:
+    """A change of users, vhosts or permissions is written to the data directory before
+    the answer, so it survives a restart (amqpd.topology.access_file)."""
+
+    def changed(call: Call) -> Reply:
+        reply = handler(call)
+        save_access(call.state.broker)
+        return reply
+
+    changed.__doc__ = handler.__doc__
+    return changed
+
+
 ROUTES: list[Route] = [
     route("GET", "api/vhosts", list_vhosts),
     route("GET", "api/vhosts/{vhost}", get_vhost),
-    route("PUT", "api/vhosts/{vhost}", put_vhost, "administrator"),
-    route("DELETE", "api/vhosts/{vhost}", delete_vhost_endpoint, "administrator"),
+    route("PUT", "api/vhosts/{vhost}", _kept(put_vhost), "administrator"),
+    route("DELETE", "api/vhosts/{vhost}", _kept(delete_vhost_endpoint), "administrator"),
     route("GET", "api/vhosts/{vhost}/permissions", vhost_permissions, "administrator"),
     route("GET", "api/users", list_users, "administrator"),
     route("GET", "api/users/without-permissions", list_users_without_permissions,
           "administrator"),
-    route("POST", "api/users/bulk-delete", bulk_delete_users, "administrator"),
+    route("POST", "api/users/bulk-delete", _kept(bulk_delete_users), "administrator"),
     route("GET", "api/users/{user}", get_user, "administrator"),
-    route("PUT", "api/users/{user}", put_user, "administrator"),
-    route("DELETE", "api/users/{user}", delete_user, "administrator"),
+    route("PUT", "api/users/{user}", _kept(put_user), "administrator"),
+    route("DELETE", "api/users/{user}", _kept(delete_user), "administrator"),
     route("GET", "api/users/{user}/permissions", user_permissions, "administrator"),
     route("GET", "api/permissions", list_permissions, "administrator"),
     route("GET", "api/permissions/{vhost}/{user}", get_permission, "administrator"),
-    route("PUT", "api/permissions/{vhost}/{user}", put_permission, "administrator"),
-    route("DELETE", "api/permissions/{vhost}/{user}", delete_permission, "administrator"),
+    route("PUT", "api/permissions/{vhost}/{user}", _kept(put_permission), "administrator"),
+    route("DELETE", "api/permissions/{vhost}/{user}", _kept(delete_permission), "administrator"),
 ]

@@ -11,9 +11,10 @@ Figures RabbitMQ does not have, each defined once here (the UI repeats the defin
 
 - ``messages_ready_growth``: change of the ready count per second over the last sample
   interval (positive = the queue is filling up).
-- ``oldest_message_age``: seconds since the ``timestamp`` property of the message at the
-  head of the queue (RabbitMQ's ``head_message_timestamp``); None when the publisher did
-  not set it or the head is paged out to disk.
+- ``oldest_message_age``: seconds the message at the head of the queue (the next to be
+  delivered) has been in it, from the broker's own enqueue stamp (``QueueEntry.enqueued_at``,
+  good to the 0.1 s tick; a message read back from disk counts from then), whatever the
+  publisher sent; None when no ready message is in memory.
 - ``prefetch_saturation``: unacked messages held by the queue's consumers divided by the
   sum of their prefetch limits (1.0 = every consumer's window is full, so consumers --
   not the broker -- are the bottleneck); None when no consumer has a limit.
@@ -24,8 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 from amqpd.admin.auth import sees_all_vhosts
@@ -36,9 +36,11 @@ from amqpd.admin.rates import DEPTH, MIN_SPAN, SAMPLE_INTERVAL, Rates
 from amqpd.admin.readmodel import (
     LiveState,
     binding_json,
+    channel_json,
     connection_json,
     connection_name,
     queue_json,
+    sessions,
     unacked_by_queue,
 )
 from amqpd.admin.readmodel import _has_credit as has_credit
@@ -68,13 +70,10 @@ Unacked = dict[Queue, tuple[int, int]]
 
 
 def oldest_message_age(queue: Queue, now: float) -> float | None:
-    """Seconds since the head message's ``timestamp`` property (see the module doc)."""
+    """Seconds the head message has waited, at monotonic time ``now`` (module doc)."""
     for entry in itertools.islice(queue.ready, _HEAD_SCAN):
-        if entry.state is QueueEntry.GONE:
-            continue
-        stamp = entry.message.properties.timestamp
-        return max(0.0, round(now - stamp.timestamp(), 1)) if isinstance(stamp, datetime) \
-            else None
+        if entry.state is QueueEntry.READY:
+            return max(0.0, round(now - entry.enqueued_at, 1))
     return None
 
 
@@ -182,7 +181,7 @@ def list_queues(call: Call) -> Reply:
     state = call.state
     queues = _queues(call)
     unacked = unacked_by_queue(state)
-    now = time.time()
+    now = time.monotonic()
     sort = call.query.get("sort", "")
     key = SORT_KEYS.get(sort) if sort else None
     if sort and key is None:
@@ -228,7 +227,7 @@ def _consumer_item(state: LiveState, consumer: Any) -> dict[str, Any]:
         "unacked": consumer.unacked,
         "priority": (consumer.arguments or {}).get("x-priority", 0),
         "exclusive": consumer.exclusive,
-        "active": consumer.channel.active,
+        "can_take": has_credit(consumer),
     }
 
 
@@ -237,7 +236,7 @@ def get_queue(call: Call) -> Reply:
     its consumers, its bindings and its sample history."""
     state = call.state
     queue = call.queue()
-    item = queue_item(state, queue, unacked_by_queue(state), time.time())
+    item = queue_item(state, queue, unacked_by_queue(state), time.monotonic())
     item["consumer_details"] = [_consumer_item(state, c) for c in queue.consumers]
     vhost = call.vhost()
     bindings = [binding_json(vhost.name, "", queue.name, "queue", queue.name, {})]
@@ -290,14 +289,19 @@ def _client_name(properties: dict[str, object]) -> str:
     return " ".join(str(p.decode() if isinstance(p, bytes) else p) for p in parts if p)
 
 
+def _visible_connections(state: LiveState, call: Call) -> list[Connection]:
+    """Monitoring users see every connection, others their own (as the API)."""
+    connections = state.open_connections()
+    if sees_all_vhosts(call.user):
+        return connections
+    return [c for c in connections if c.user_name == call.user.name]
+
+
 def _blocked(state: LiveState, call: Call, alarms: bool) -> list[dict[str, Any]]:
     """Publishing connections the broker is not reading from now: every publisher while
     an alarm is raised, and those held back by per-queue flow control."""
     result = []
-    connections: Iterable[Connection] = state.open_connections()
-    if not sees_all_vhosts(call.user):
-        connections = [c for c in connections if c.user_name == call.user.name]
-    for connection in connections:
+    for connection in _visible_connections(state, call):
         reason = "alarm" if alarms and connection.is_publisher else \
             "flow" if connection.flow_blocked() else None
         if reason is None:
@@ -309,18 +313,9 @@ def _blocked(state: LiveState, call: Call, alarms: bool) -> list[dict[str, Any]]
     return result
 
 
-def overview(call: Call) -> Reply:
-    """GET /api/dashboard/overview: alarms, blocked publishers, top-N queues and the
-    last minute of broker-wide rates."""
-    state = call.state
+def _alarms(state: LiveState) -> dict[str, Any]:
     broker = state.broker
-    queues = _queues(call)
-    unacked = unacked_by_queue(state)
-    now = time.time()
-    rates = state.rates
-    history = _history(list(rates.global_ring), RATE_SERIES, rates.clock()) \
-        if rates is not None else _history([], RATE_SERIES, 0.0)
-    alarms = {
+    return {
         "memory": broker.memory_alarm,
         "memory_used": broker.journal.queued_bytes,
         "memory_limit": broker.memory_limit,
@@ -328,9 +323,51 @@ def overview(call: Call) -> Reply:
         "disk_free": broker.disk_free,
         "disk_free_limit": broker.disk_free_limit,
     }
+
+
+def alarms(call: Call) -> Reply:
+    """GET /api/dashboard/alarms: what the banner on every page shows."""
+    state = call.state
+    return Reply(body={"alarms": _alarms(state),
+                       "blocked": _blocked(state, call, bool(state.broker.alarms))})
+
+
+def list_channels(call: Call) -> Reply:
+    """GET /api/dashboard/channels: the API's channels plus the client's name and the
+    used share of the channel's prefetch windows, paged like the queues."""
+    state = call.state
+    visible = set(_visible_connections(state, call))
+    items = []
+    for connection, channel in sessions(state):
+        if connection not in visible:
+            continue
+        item = channel_json(state, connection, channel)
+        item["client"] = _client_name(connection.client_properties)
+        limit = sum(consumer.prefetch_count for consumer in channel.consumers.values()
+                    if not consumer.no_ack)
+        limit = limit or channel.global_prefetch_count
+        item["prefetch_saturation"] = (
+            round(min(1.0, len(channel.unacked) / limit), 3) if limit else None)
+        items.append(item)
+    query = dict(call.query)
+    query.setdefault("page", "1")
+    return Reply(body=listing(items, query))
+
+
+def overview(call: Call) -> Reply:
+    """GET /api/dashboard/overview: alarms, blocked publishers, top-N queues and the
+    last minute of broker-wide rates."""
+    state = call.state
+    broker = state.broker
+    queues = _queues(call)
+    unacked = unacked_by_queue(state)
+    now = time.monotonic()
+    rates = state.rates
+    history = _history(list(rates.global_ring), RATE_SERIES, rates.clock()) \
+        if rates is not None else _history([], RATE_SERIES, 0.0)
     return Reply(body={
         "sample_interval": SAMPLE_INTERVAL,
-        "alarms": alarms,
+        "alarms": _alarms(state),
         "blocked": _blocked(state, call, bool(broker.alarms)),
         "history": history,
         "top": {
@@ -346,6 +383,8 @@ def overview(call: Call) -> Reply:
 
 ROUTES: list[Route] = [
     route("GET", "api/dashboard/overview", overview),
+    route("GET", "api/dashboard/alarms", alarms),
+    route("GET", "api/dashboard/channels", list_channels),
     route("GET", "api/dashboard/queues", list_queues),
     route("GET", "api/dashboard/queues/{vhost}", list_queues),
     route("GET", "api/dashboard/queues/{vhost}/{name}", get_queue),

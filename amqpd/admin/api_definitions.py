@@ -19,6 +19,7 @@ from amqpd.broker.exchange import Exchange
 from amqpd.broker.queue import Queue
 from amqpd.broker.vhost import VirtualHost
 from amqpd.config.definitions import DefinitionsError, convert
+from amqpd.topology.access_file import save_access
 from amqpd.topology.apply import TopologyError, apply_topology
 
 
@@ -71,7 +72,9 @@ def export_all(call: Call) -> Reply:
              "read": p.read}
             for name in sorted(users) for vhost, p in sorted(users[name].permissions.items())
         ],
-        "topic_permissions": [], "parameters": [], "global_parameters": [], "policies": [],
+        "topic_permissions": [], "parameters": [], "global_parameters": [],
+        "policies": [policy.document(name) for name in sorted(broker.vhosts)
+                     for policy in broker.vhosts[name].policies],
         "queues": [], "exchanges": [], "bindings": [],
     }
     for name in sorted(broker.vhosts):
@@ -83,7 +86,10 @@ def export_all(call: Call) -> Reply:
 def export_vhost(call: Call) -> Reply:
     """GET /api/definitions/{vhost}: the vhost's objects, without vhost fields."""
     vhost = call.vhost()
-    return Reply(body={**product(), "parameters": [], "policies": [],
+    policies = [policy.document(vhost.name) for policy in vhost.policies]
+    for policy in policies:
+        del policy["vhost"]  # as the vhost's other objects in this export
+    return Reply(body={**product(), "parameters": [], "policies": policies,
                        **_topology(vhost, with_vhost=False)})
 
 
@@ -101,6 +107,7 @@ def _import(call: Call, document: Any, vhost: str | None) -> Reply:
         apply_topology(call.state.broker, conversion.topology)
     except (DefinitionsError, TopologyError) as exc:
         raise bad_request(str(exc)) from None
+    save_access(call.state.broker)  # imported users, vhosts and permissions are kept
     return Reply(NO_CONTENT)
 
 

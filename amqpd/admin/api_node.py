@@ -291,8 +291,6 @@ ROUTES: list[Route] = [
     route("GET", "api/feature-flags", feature_flags),
     route("GET", "api/shovels", feature_flags),
     route("GET", "api/federation-links", feature_flags),
-    route("GET", "api/policies", feature_flags),
-    route("GET", "api/policies/{vhost}", feature_flags),
     route("GET", "api/operator-policies", feature_flags),
     route("GET", "api/parameters", feature_flags),
     route("GET", "api/global-parameters", feature_flags),

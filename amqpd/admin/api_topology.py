@@ -194,14 +194,14 @@ def get_messages(call: Call) -> Reply:
 
 def list_exchanges(call: Call) -> Reply:
     """GET /api/exchanges[/{vhost}]."""
-    items = [exchange_json(exchange) for vhost in call.vhosts()
+    items = [exchange_json(exchange, vhost.policies) for vhost in call.vhosts()
              for _, exchange in sorted(vhost.exchanges.items())]
     return Reply(body=listing(items, call.query))
 
 
 def get_exchange(call: Call) -> Reply:
     """GET /api/exchanges/{vhost}/{name}."""
-    return Reply(body=shape(exchange_json(call.exchange()), call.query))
+    return Reply(body=shape(exchange_json(call.exchange(), call.vhost().policies), call.query))
 
 
 def put_exchange(call: Call) -> Reply:

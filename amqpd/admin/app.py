@@ -8,13 +8,11 @@ between two AMQP events, never in the middle of one) and answer JSON.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +22,7 @@ from amqpd.admin import api_node, dashboard
 from amqpd.admin.auth import authenticate, require
 from amqpd.admin.context import Call, Reply
 from amqpd.admin.errors import ApiError, not_found
+from amqpd.admin.http import EmbeddedHTTPServer, bind
 from amqpd.admin.rates import SAMPLE_INTERVAL
 from amqpd.admin.readmodel import Listener, LiveState, to_json
 from amqpd.admin.routes import Route, resolve, split_raw_path
@@ -39,12 +38,15 @@ def all_routes() -> list[Route]:
         api_access,
         api_dashboard,
         api_definitions,
+        api_policies,
         api_sessions,
+        api_streams,
         api_topology,
     )
 
     return [*api_node.ROUTES, *api_topology.ROUTES, *api_access.ROUTES,
-            *api_sessions.ROUTES, *api_definitions.ROUTES, *api_dashboard.ROUTES]
+            *api_sessions.ROUTES, *api_definitions.ROUTES, *api_dashboard.ROUTES,
+            *api_policies.ROUTES, *api_streams.ROUTES]
 
 
 def _answer(reply: Reply) -> Response:
@@ -98,76 +100,21 @@ def build_app(state: LiveState, routes: Sequence[Route] | None = None) -> Starle
                              StarletteRoute("/{path:path}", dispatch, methods=ALL_METHODS)])
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the broker's signal watcher decides when
-    to stop (uvicorn would otherwise catch SIGTERM and re-raise it after shutdown)."""
-
-    on_started: Callable[[], None] | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_started is not None:
-            self.on_started()  # accepting now: time for the "listening" line
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (bound here so that port 0 is known before serving).
-
-    Raises:
-        OSError: when the address cannot be used.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class ManagementServer:
+class ManagementServer(EmbeddedHTTPServer):
     """The HTTP listener plus the rate sampler; :meth:`serve` runs until :meth:`stop`."""
 
     def __init__(self, state: LiveState, sock: socket.socket):
+        super().__init__(build_app(state), sock)
         self.state = state
-        self.sock = sock
-        config = uvicorn.Config(
-            build_app(state), log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1, timeout_keep_alive=5, server_header=False,
-        )
-        self.server = _EmbeddedServer(config)
-        # uvicorn's "Started server process" lines would only repeat the broker's own.
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) actually bound."""
-        host, port = self.sock.getsockname()[:2]
-        return str(host), int(port)
 
     async def serve(self, on_listening: Callable[[str, int], None] | None = None) -> None:
         """Serve HTTP and sample rates until :meth:`stop`."""
-        if on_listening is not None:
-            address = self.address
-            self.server.on_started = lambda: on_listening(*address)
         async with anyio.create_task_group() as group:
             group.start_soon(self._sample)
             try:
-                await self.server.serve(sockets=[self.sock])
+                await super().serve(on_listening)
             finally:
                 group.cancel_scope.cancel()
-
-    def stop(self) -> None:
-        """Ask uvicorn to finish (it closes its connections within a second)."""
-        self.server.should_exit = True
 
     async def _sample(self) -> None:
         rates = self.state.rates

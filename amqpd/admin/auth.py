@@ -2,9 +2,10 @@
 RabbitMQ's user tags let them do.
 
 Tags (RabbitMQ's meaning): ``management`` -- the vhosts the user has permissions in;
-``policymaker`` -- the same here (amqpd has no policies); ``monitoring`` -- every vhost,
-every connection and the node; ``administrator`` -- everything, including users, vhosts
-and permissions. A user without any of them may not use the API at all.
+``policymaker`` -- the same, and it may change policies there (``api_policies``);
+``monitoring`` -- every vhost, every connection and the node; ``administrator`` --
+everything, including users, vhosts and permissions. A user without any of them may not
+use the API at all.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ DEFAULT_COLUMNS = {
     "list_channels": ["pid", "user", "consumer_count", "messages_unacknowledged"],
     "list_consumers": ["queue_name", "channel_pid", "consumer_tag", "ack_required",
                        "prefetch_count", "active", "arguments"],
+    "list_policies": ["vhost", "name", "pattern", "apply-to", "definition", "priority"],
+    # amqpd's own: streams' consumer groups (rabbitmqctl has no such command).
+    "list_stream_groups": ["queue", "group", "committed_offset", "lag", "consumers"],
 }
 #: rabbitmqctl column names that the API spells differently (dotted paths into its JSON).
 _ALIASES = {
@@ -43,6 +46,8 @@ _ENDPOINTS = {
     "list_queues": "queues/{vhost}", "list_exchanges": "exchanges/{vhost}",
     "list_bindings": "bindings/{vhost}", "list_connections": "vhosts/{vhost}/connections",
     "list_channels": "vhosts/{vhost}/channels", "list_consumers": "consumers/{vhost}",
+    "list_policies": "policies/{vhost}",
+    "list_stream_groups": "stream-groups/{vhost}",
 }
 
 
@@ -171,6 +176,11 @@ def run_command(client: Client, args: argparse.Namespace) -> None:
     elif command == "add_vhost":
         client.call("PUT", f"vhosts/{quote(args.name, safe='')}")
         _done(args, f'Adding vhost "{args.name}" ...')
+    elif command == "set_policy":
+        _set_policy(client, args)
+    elif command == "clear_policy":
+        _done(args, f'Clearing policy "{args.name}" on vhost "{args.vhost}" ...')
+        client.call("DELETE", f"policies/{_vhost(args)}/{quote(args.name, safe='')}")
     elif command == "export_definitions":
         _export(client, args.path)
     elif command == "import_definitions":
@@ -178,6 +188,21 @@ def run_command(client: Client, args: argparse.Namespace) -> None:
         _done(args, f'Importing definitions in JSON from a file at "{args.path}" ...')
     elif command == "status":
         _status(client, args)
+
+
+def _set_policy(client: Client, args: argparse.Namespace) -> None:
+    """rabbitmqctl set_policy: the definition is JSON, the priority a number."""
+    _done(args, f'Setting policy "{args.name}" for pattern "{args.pattern}" to '
+                f'"{args.definition}" with priority "{args.priority}" for vhost '
+                f'"{args.vhost}" ...')
+    try:
+        definition = json.loads(args.definition)
+        priority = json.loads(args.priority)
+    except ValueError as exc:
+        raise CtlError(f"Error: the definition and the priority must be JSON: {exc}") from None
+    client.call("PUT", f"policies/{_vhost(args)}/{quote(args.name, safe='')}",
+                {"pattern": args.pattern, "definition": definition, "priority": priority,
+                 "apply-to": args.apply_to})
 
 
 def _flags(args: argparse.Namespace) -> str:
@@ -256,6 +281,8 @@ def parser() -> argparse.ArgumentParser:
     for name in DEFAULT_COLUMNS:
         sub = commands.add_parser(name)
         sub.add_argument("-p", "--vhost", default="/")
+        # rabbitmqctl takes -q after the command too; SUPPRESS keeps the global one.
+        sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
         sub.add_argument("columns", nargs="*")
     for name in ("purge_queue", "delete_queue"):
         sub = commands.add_parser(name)
@@ -280,6 +307,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("write")
     sub.add_argument("read")
     commands.add_parser("add_vhost").add_argument("name")
+    sub = commands.add_parser("set_policy")
+    sub.add_argument("-p", "--vhost", default="/")
+    sub.add_argument("--priority", default="0")
+    sub.add_argument("--apply-to", default="all", choices=["queues", "exchanges", "all"])
+    sub.add_argument("name")
+    sub.add_argument("pattern")
+    sub.add_argument("definition")
+    sub = commands.add_parser("clear_policy")
+    sub.add_argument("-p", "--vhost", default="/")
+    sub.add_argument("name")
     commands.add_parser("export_definitions").add_argument("path")
     commands.add_parser("import_definitions").add_argument("path")
     commands.add_parser("status")

@@ -21,12 +21,16 @@ from amqpd import __version__
 from amqpd.access.auth import User, hash_algorithm
 from amqpd.access.permissions import permission_of
 from amqpd.admin.rates import Rates, with_details
+from amqpd.admin.streams_view import stream_json
 from amqpd.broker.broker import Broker
+from amqpd.broker.delayed import DelayedMessages, is_delayed
 from amqpd.broker.exchange import Exchange
+from amqpd.broker.policies import VhostPolicies
 from amqpd.broker.queue import Queue
 from amqpd.broker.vhost import VirtualHost
 from amqpd.session.channel import Channel, ChannelState
 from amqpd.session.connection import Connection, ConnectionState
+from amqpd.streams.queue import StreamQueue
 
 #: What RabbitMQ version clients should assume for feature checks (terraform, rabbitmqadmin).
 RABBITMQ_VERSION = "3.13.7"
@@ -255,7 +259,7 @@ def queue_json(
         "node": state.node,
         "state": "running",
         "policy": None,
-        "operator_policy": None,
+        "operator_policy": None,  # operator policies are not implemented
         "effective_policy_definition": {},
         "consumers": len(consumers),
         "consumer_capacity": capacity,
@@ -277,6 +281,13 @@ def queue_json(
         "memory": queue.ready_bytes + unacked_bytes,
         "head_message_timestamp": None,
     }
+    if isinstance(queue, StreamQueue):
+        item.update(stream_json(queue))
+    vhost = state.broker.vhosts.get(queue.vhost_name)
+    applied = vhost.policies.match("queues", queue.name) if vhost is not None else None
+    if applied is not None:
+        item["policy"] = applied.name
+        item["effective_policy_definition"] = dict(applied.definition)
     if queue.exclusive:
         owner = queue.exclusive_owner
         if isinstance(owner, Connection):
@@ -292,9 +303,10 @@ def queue_json(
     return item
 
 
-def exchange_json(exchange: Exchange) -> dict[str, Any]:
-    """One entry of /api/exchanges (the default exchange is named "")."""
-    return {
+def exchange_json(exchange: Exchange, policies: VhostPolicies | None = None) -> dict[str, Any]:
+    """One entry of /api/exchanges (the default exchange is named ""); ``policy`` only when
+    one of ``policies`` applies, as RabbitMQ."""
+    item: dict[str, Any] = {
         "name": exchange.name,
         "vhost": exchange.vhost_name,
         "type": exchange.type_name,
@@ -304,6 +316,12 @@ def exchange_json(exchange: Exchange) -> dict[str, Any]:
         "arguments": exchange.arguments,
         "user_who_performed_action": "",
     }
+    if is_delayed(exchange):  # held messages, as RabbitMQ's delayed-message plugin shows
+        item["messages_delayed"] = DelayedMessages.count(exchange)
+    applied = policies.match("exchanges", exchange.name) if policies and exchange.name else None
+    if applied is not None:
+        item["policy"] = applied.name
+    return item
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any] | Any) -> str:

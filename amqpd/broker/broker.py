@@ -15,9 +15,11 @@ from amqpd.access.auth import User, UserStore, hash_password
 from amqpd.broker.journal import Journal
 from amqpd.broker.message import CLOCK
 from amqpd.broker.paging import Pager
+from amqpd.broker.policies import PolicyError, make_policy
 from amqpd.broker.stats import BrokerCounters
 from amqpd.broker.vhost import QueueFactory, VirtualHost
 from amqpd.config.settings import Settings
+from amqpd.store.policy_file import write_policies
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class Broker:
         # Queue types registered from above the broker by x-queue-type (amqpd.streams
         # installs "stream"); one dict shared by every vhost.
         self.queue_types: dict[str, QueueFactory] = {}
+        # Where policies are kept across restarts (set by the shell once the store is open;
+        # None: in memory only).
+        self.policy_file: Path | None = None
         self.add_vhost(self.settings.default_vhost)
         default_user = self.settings.default_user
         if default_user:
@@ -113,7 +118,39 @@ class Broker:
             defaults = getattr(self.settings, "queue_defaults", None)
             vhost = self.vhosts[name] = VirtualHost(name, self.journal, defaults, self.pager)
             vhost.queue_types = self.queue_types
+            vhost.policies.on_change = self.save_policies
         return vhost
+
+    def save_policies(self) -> None:
+        """Write every vhost's policies to :attr:`policy_file`, before the change is
+        answered (one small fsync'd file write per policy change, which operators make
+        rarely; see amqpd.store.policy_file)."""
+        if self.policy_file is None:
+            return
+        documents = [policy.document(name) for name in sorted(self.vhosts)
+                     for policy in self.vhosts[name].policies]
+        try:
+            write_policies(self.policy_file, documents)
+        except OSError as exc:
+            LOGGER.error("cannot write the policies to %s: %s; the change holds until "
+                         "the broker stops", self.policy_file, exc)
+
+    def restore_policies(self, documents: list[dict[str, object]]) -> None:
+        """Put back the policies read from the policies file (their vhosts are created:
+        a policy outlives a restart, so its vhost must too)."""
+        for document in documents:
+            vhost = self.add_vhost(str(document.get("vhost", "/")))
+            try:
+                policy = make_policy(str(document.get("name", "")), document.get("pattern"),
+                                     document.get("definition"),
+                                     document.get("apply-to", "all"),
+                                     document.get("priority", 0))
+            except PolicyError as exc:
+                LOGGER.error("stored policy %r skipped: %s", document.get("name"), exc)
+                continue
+            on_change, vhost.policies.on_change = vhost.policies.on_change, None
+            vhost.policies.put(policy)
+            vhost.policies.on_change = on_change
 
     def check_memory(self) -> bool:
         """Raise or clear the memory alarm from the queued bytes; returns the alarm state.

@@ -7,6 +7,7 @@ the protocol here is what lets the broker stay ignorant of frames and channels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ class QueueConsumer(Protocol):
     @property
     def exclusive(self) -> bool:
         """True for an exclusive consumer (no other consumer may join the queue)."""
+
+    @property
+    def arguments(self) -> Mapping[str, object]:
+        """The basic.consume arguments (x-priority, x-stream-offset, ...)."""
 
     def can_take(self) -> bool:
         """Whether one more delivery may go to this consumer now (credit, flow, output)."""

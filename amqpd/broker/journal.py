@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from amqpd.broker.message import ENTRY_OVERHEAD, QueueEntry
+from amqpd.broker.message import ENTRY_OVERHEAD, Message, QueueEntry
 
 if TYPE_CHECKING:
     from amqpd.broker.exchange import Exchange
@@ -65,6 +65,25 @@ class Journal:
 
     def entry_delivered(self, queue: Queue, entry: QueueEntry) -> None:
         """A message of a durable queue was delivered (not yet acknowledged)."""
+
+    # Messages held by delayed exchanges (amqpd.broker.delayed), kept as entries of the
+    # pseudo-queue ``key``; without a store nothing is written and nothing can be read back.
+
+    def delayed_added(self, key: tuple[str, str], seq: int, message: Message,
+                      due_at: float) -> bool:
+        """A durable delayed exchange holds a persistent message until ``due_at`` (epoch
+        seconds); True when it is written to the store."""
+        return False
+
+    def delayed_removed(self, key: tuple[str, str], seq: int) -> None:
+        """A held message was released (or dropped)."""
+
+    def delayed_dropped(self, key: tuple[str, str]) -> None:
+        """Every message held under ``key`` is gone (its exchange was deleted)."""
+
+    def read_delayed(self, key: tuple[str, str], seq: int) -> Message | None:
+        """A held message whose body was left on disk, read back when it is due."""
+        return None
 
     def queue_declared(self, queue: Queue) -> None:
         """A queue was created."""

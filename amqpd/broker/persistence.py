@@ -155,6 +155,34 @@ class PersistentJournal(Journal):
                                     entry.delivery_count, True)
             self._changed()
 
+    # -- held by delayed exchanges (amqpd.broker.delayed) ------------------------------
+
+    def delayed_added(self, key: QueueKey, seq: int, message: Message, due_at: float) -> bool:
+        self._store_message(message)
+        self.batch.put_entry(key, seq, message.message_id, due_at)
+        self._changed()
+        return True
+
+    def delayed_removed(self, key: QueueKey, seq: int) -> None:
+        self.batch.delete_entry(key, seq)
+        self._changed()
+
+    def delayed_dropped(self, key: QueueKey) -> None:
+        self.batch.delete_queue(*key)
+        self._changed()
+
+    def read_delayed(self, key: QueueKey, seq: int) -> Message | None:
+        # One indexed read of one row, on the event loop, as a restarted queue reads its
+        # stored backlog.
+        rows = self.store.read_entries(key, seq - 1, 1)
+        if not rows or rows[0][0].seq != seq:
+            return None
+        record = rows[0][1]
+        message = Message(route_for(record.exchange, record.routing_key),
+                          record.header_payload, record.body or b"")
+        message.message_id = record.message_id
+        return message
+
     # -- definitions -------------------------------------------------------------------
 
     def queue_declared(self, queue: Queue) -> None:
@@ -240,6 +268,9 @@ def recover(broker: Broker, journal: PersistentJournal, snapshot: Snapshot) -> i
                 destination = vhost.exchanges.get(binding.destination)
             if destination is not None and binding.source in vhost.exchanges:
                 vhost.bind(binding.source, destination, binding.routing_key, binding.arguments)
+        counts = journal.store.entry_counts()
+        for vhost in list(broker.vhosts.values()):
+            vhost.delayed.recover(journal.store, counts)  # held by delayed exchanges
         return _attach_stored_backlogs(broker, journal.store)
     finally:
         journal.recovering = False

@@ -296,6 +296,21 @@ class Queue:
             self._remove(head, "maxlen")
         return True
 
+    def enforce_limits(self) -> None:
+        """Apply a lowered x-max-length / x-max-length-bytes now (a policy changed): with
+        drop-head the oldest ready messages go, as RabbitMQ trims at once; the reject modes
+        only refuse new publishes."""
+        policy = self.policy
+        max_length, max_bytes = policy.max_length, policy.max_length_bytes
+        if policy.overflow != "drop-head" or (max_length is None and max_bytes is None):
+            return
+        while (max_length is not None and self.message_count > max_length) or (
+                max_bytes is not None and self.ready_bytes + self.paged_bytes > max_bytes):
+            head = self._pop_ready()
+            if head is None:
+                break
+            self._remove(head, "maxlen")
+
     # -- delivering --------------------------------------------------------------------
 
     def _pop_ready(self) -> QueueEntry | None:

@@ -41,8 +41,9 @@ def sender_selected_keys(message: Message) -> list[str]:
     for name in ("CC", "BCC"):
         value = headers.get(name)
         if isinstance(value, list):
-            keys.extend(item.decode() if isinstance(item, bytes) else item for item in value
-                        if isinstance(item, str | bytes))
+            # pamqp gives a long string as bytes only when it is not UTF-8: no binding key
+            # (UTF-8 shortstrs) can match it, so it is skipped, not decoded (that raised).
+            keys.extend(item for item in value if isinstance(item, str))
     return keys
 
 

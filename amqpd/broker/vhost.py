@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 import exchanges
 from amqpd.broker import routing
 from amqpd.broker.deadletter import dead_lettered, is_cycle
+from amqpd.broker.delayed import DelayedMessages
 from amqpd.broker.exchange import Exchange
 from amqpd.broker.journal import Journal
 from amqpd.broker.message import Message, QueueEntry
 from amqpd.broker.paging import Pager
+from amqpd.broker.policies import VhostPolicies
 from amqpd.broker.priority_queue import queue_class
 from amqpd.broker.queue import Queue
-from amqpd.broker.queue_arguments import parse_queue_arguments
 from amqpd.config.settings import QueueDefaults
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 
@@ -119,12 +120,16 @@ class VirtualHost:
         self._timed_queues: set[Queue] = set()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        # RabbitMQ policies (amqpd.broker.policies): applied at declare and on every change.
+        self.policies = VhostPolicies(self)
         # Queue churn for amqpd.metrics (non-passive queue.declare calls, queues created,
         # queues deleted), as RabbitMQ's queues_{declared,created,deleted}_total.
         self.queues_declared = self.queues_created = self.queues_deleted = 0
         # destination (queue or exchange) -> {source exchange: binding count}, so deleting a
         # queue or unbinding never scans every binding of every exchange.
         self._sources_of: dict[Queue | Exchange, dict[Exchange, int]] = {}
+        # Messages held by x-delayed-message exchanges until their x-delay has passed.
+        self.delayed = DelayedMessages(self)
         self.exchanges[""] = Exchange("", name, "direct", None, durable=True)
         for exchange_name, type_name in PREDECLARED.items():
             self._create_exchange(exchange_name, type_name, True, False, False, {})
@@ -177,6 +182,7 @@ class VirtualHost:
         exchange = Exchange(
             name, self.name, type_name, kind, durable, auto_delete, internal, arguments
         )
+        self.policies.apply_to_exchange(exchange)
         self.exchanges[name] = exchange
         if not name.startswith("amq."):
             self.journal.exchange_declared(exchange)
@@ -242,6 +248,7 @@ class VirtualHost:
         for binding in list(exchange.kind.bindings()):
             self._forget_source(binding.destination, exchange)
         del self.exchanges[exchange.name]
+        self.delayed.exchange_deleted(exchange)
         self._unbind_everywhere(exchange)
         self.journal.exchange_deleted(exchange)
         self.journal.definitions_version += 1
@@ -301,9 +308,7 @@ class VirtualHost:
             )
             existing.last_used = time.monotonic()
             return existing
-        policy = parse_queue_arguments(
-            arguments, f"queue '{name}' in vhost '{self.name}'", self.queue_defaults
-        )
+        policy = self.policies.queue_policy(name, arguments)  # its x-arguments and policy
         queue = queue_class(policy)(  # x-max-priority picks the priority queue, once
             name,
             self.name,
@@ -322,6 +327,10 @@ class VirtualHost:
         self.journal.definitions_version += 1
         self.queues_created += 1
         return queue
+
+    def watch_expiry(self, queue: Queue) -> None:
+        """A policy gave a live queue an ``expires``: the ticker must check it."""
+        self._timed_queues.add(queue)
 
     # -- queue hooks (amqpd.broker.queue.QueueHooks) ------------------------------------------
 
@@ -369,7 +378,10 @@ class VirtualHost:
             target.push(copy)
 
     def tick(self, now: float) -> None:
-        """Expire messages and unused queues (called by the broker's ticker)."""
+        """Expire messages and unused queues, release due delayed messages (called by the
+        broker's ticker)."""
+        if self.delayed.next_due is not None and self.delayed.next_due <= now:
+            self.delayed.tick(now)
         for queue in list(self._timed_queues):
             if queue.deleted:
                 self._timed_queues.discard(queue)

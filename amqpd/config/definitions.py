@@ -2,8 +2,9 @@
 to the amqpd YAML topology.
 
 Converted: users (``rabbit_password_hashing_sha256`` hashes carry over as they are; SHA-512
-and MD5 ones work too), vhosts, permissions, exchanges, queues and bindings. Everything
-else -- policies, topic permissions, parameters, global parameters, limits, vhost metadata,
+and MD5 ones work too), vhosts, permissions, exchanges, queues, bindings and policies
+(checked when applied, as RabbitMQ checks them). Everything else -- operator policies,
+topic permissions, parameters, global parameters, limits, vhost metadata,
 exclusive queues, unknown fields -- is reported in the returned notes (printed on stderr by
 ``amqpd import-definitions``), never dropped silently.
 """
@@ -20,6 +21,7 @@ from amqpd.config.model import (
     BindingSpec,
     ExchangeSpec,
     PermissionSpec,
+    PolicySpec,
     QueueSpec,
     Topology,
     UserSpec,
@@ -29,7 +31,7 @@ from amqpd.config.model import (
 #: Top-level keys that only describe the export.
 METADATA = ("rabbit_version", "rabbitmq_version", "product_name", "product_version",
             "rabbitmq_definition_format", "original_cluster_name", "explanation")
-CONVERTED = ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")
+CONVERTED = ("users", "vhosts", "permissions", "exchanges", "queues", "bindings", "policies")
 HASHES = ("rabbit_password_hashing_sha256", "rabbit_password_hashing_sha512",
           "rabbit_password_hashing_md5")
 
@@ -72,14 +74,7 @@ def convert(document: Any, label: str = "definitions") -> Conversion:
     for key, value in document.items():
         if key in CONVERTED or key in METADATA or _empty(value):
             continue
-        if key == "policies":
-            for policy in _items(value):
-                definition = policy.get("definition", {})
-                note(f"{label}: policies: {_describe(policy)} (pattern "
-                     f"{policy.get('pattern')!r}, apply-to {policy.get('apply-to', 'all')}, "
-                     f"definition {json.dumps(definition, sort_keys=True)}) not converted: "
-                     "amqpd has no policies; put these as x-arguments on the queues")
-        elif key == "topic_permissions":
+        if key == "topic_permissions":
             for item in _items(value):
                 note(f"{label}: topic_permissions: user '{item.get('user')}' in vhost "
                      f"'{item.get('vhost')}' on exchange '{item.get('exchange')}' not "
@@ -186,6 +181,20 @@ def convert(document: Any, label: str = "definitions") -> Conversion:
         )
         if binding.key() not in {b.key() for b in vhost_spec.bindings}:
             vhost_spec.bindings.append(binding)
+
+    for item in _items(document.get("policies")):
+        name = item.get("name")
+        vhost_spec = vhost_of(item, "policies")
+        if vhost_spec is None or not isinstance(name, str) or not name:
+            continue
+        _extra_fields(item, ("name", "vhost", "pattern", "apply-to", "definition",
+                             "priority"), f"policies: {_describe(item)}", label, note)
+        # Kept as given: the topology planner refuses an invalid one with RabbitMQ's reason.
+        policy = PolicySpec(name, item.get("pattern", ""), apply_to=item.get("apply-to", "all"),
+                            priority=item.get("priority", 0), where=label)
+        definition: Any = item.get("definition")  # not necessarily a dict: see above
+        policy.definition = definition
+        vhost_spec.policies[name] = policy
     return result
 
 

@@ -45,6 +45,12 @@ def topology_document(topology: Topology) -> dict[str, Any]:
                                  "routing_key": b.routing_key}, b.arguments)
                 for b in vhost.bindings
             ]
+        if vhost.policies:
+            body["policies"] = {
+                p.name: {"pattern": p.pattern, "apply_to": p.apply_to, "priority": p.priority,
+                         "definition": plain_value(p.definition)}
+                for p in vhost.policies.values()
+            }
         vhosts[name] = body or None
     if vhosts:
         document["vhosts"] = vhosts

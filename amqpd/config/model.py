@@ -64,6 +64,24 @@ class BindingSpec:
 
 
 @dataclass(slots=True)
+class PolicySpec:
+    """A RabbitMQ policy: the definition applies to the queues and/or exchanges whose name
+    the pattern finds (a regex search); of several, the highest priority wins."""
+
+    name: str
+    pattern: str
+    definition: dict[str, Any] = field(default_factory=dict)
+    apply_to: str = "all"
+    priority: int | float = 0  # RabbitMQ accepts any JSON number
+    where: str = ""
+
+    def key(self) -> tuple[object, ...]:
+        """Two policies are the same when every field is."""
+        return (self.name, self.pattern, _frozen(self.definition), self.apply_to,
+                _frozen(self.priority))
+
+
+@dataclass(slots=True)
 class VhostSpec:
     """A virtual host and what it contains."""
 
@@ -72,6 +90,7 @@ class VhostSpec:
     queues: dict[str, QueueSpec] = field(default_factory=dict)
     bindings: list[BindingSpec] = field(default_factory=list)
     where: str = ""
+    policies: dict[str, PolicySpec] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -183,7 +183,10 @@ def unknown_key(
     where = f" in {path}" if path else ""
     hint = ""
     close = [suggestion] if suggestion else difflib.get_close_matches(key, names, n=1)
-    if close:
+    if suggestion and "." not in suggestion:
+        # The key exists, one level up: "did you mean 'users'" about 'users' would puzzle.
+        hint = f" ({suggestion!r} belongs at the top level of the file)"
+    elif close:
         hint = f" (did you mean {close[0]!r}?)"
     return origin.error(
         key_node, f"unknown {what} {key!r}{where}{hint}, expected one of: {', '.join(names)}"

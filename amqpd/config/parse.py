@@ -61,9 +61,10 @@ from amqpd.config.nodes import (
     string,
     unknown_key,
 )
+from amqpd.config.parse_policies import parse_policies
 
 TOPOLOGY_KEYS = ("vhosts", "users", "permissions")
-VHOST_KEYS = ("exchanges", "queues", "bindings")
+VHOST_KEYS = ("exchanges", "queues", "bindings", "policies")
 EXCHANGE_KEYS = ("type", "durable", "auto_delete", "internal", "arguments")
 QUEUE_KEYS = ("durable", "auto_delete", "arguments")
 BINDING_KEYS = ("source", "destination", "destination_type", "routing_key", "arguments")
@@ -281,6 +282,8 @@ def parse_vhost(name: str, key_node: Node, node: Node | None, origin: Origin,
             ):
                 vhost.queues[queue_name] = parse_queue(queue_name, q_key, q_node, origin,
                                                        join(where, queue_name))
+        elif key == "policies":
+            vhost.policies = parse_policies(value, origin, where)
         else:
             seen: set[tuple[object, ...]] = set()
             for index, item in enumerate(sequence(value, origin, where, "a list of bindings")):
@@ -425,6 +428,8 @@ def merge(first: Topology, second: Topology) -> Topology:
                 _merge_one(target.queues, queue.name, queue, "queue", name)
             keys = {binding.key() for binding in target.bindings}
             target.bindings.extend(b for b in vhost.bindings if b.key() not in keys)
+            for policy in vhost.policies.values():
+                _merge_one(target.policies, policy.name, policy, "policy", name)
         for user in source.users.values():
             _merge_one(merged.users, user.name, user, "user", None)
         existing = {(p.user, p.vhost): p for p in merged.permissions}

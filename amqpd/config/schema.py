@@ -232,69 +232,54 @@ class Duration(Int):
         return value
 
 
-class Watermark(Kind):
-    """RabbitMQ's vm_memory_high_watermark: a fraction of RAM or an absolute size."""
+class RelativeOrSize(Kind):
+    """A limit given either relative to RAM (a number with a decimal point) or as a size.
 
-    expected = (
-        "a fraction of RAM as a number above 0 and at most 1 (like 0.4), or an absolute "
-        "size of at least 1MiB (like '2GiB')"
-    )
+    RabbitMQ's vm_memory_high_watermark (a fraction of RAM up to 1, or at least 1 MiB) and
+    disk_free_limit (a multiple of RAM up to 100 -- its ``.relative`` -- or any size, 0 =
+    off) are both of this shape, with their own ranges.
+    """
 
-    def convert(self, node: Node, origin: Origin, path: str) -> Any:
-        if not isinstance(node, ScalarNode):
-            raise self.wrong(node, origin, path)
-        if node.tag == FLOAT:
-            value = float(construct(node))
-            if not 0 < value <= 1:
-                raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
-            return value
-        if node.tag == INT:
-            size: int | None = int(construct(node))
-        elif node.tag == STR:
-            size = parse_size(node.value)
-            if size is None:
-                raise self.wrong(node, origin, path)
-        else:
-            raise self.wrong(node, origin, path)
-        assert size is not None
-        if size < MIB:
-            raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
-        return size
-
-    def show(self, value: Any) -> Any:
-        return format_size(value) if isinstance(value, int) else value
-
-
-class DiskLimit(Kind):
-    """RabbitMQ's disk_free_limit: an absolute size, or a multiple of RAM (``.relative``)."""
-
-    expected = (
-        "a size (bytes, or a string like '50MB' or '1GiB'; 0 = off), or a multiple of RAM "
-        "as a number with a decimal point above 0 and at most 100 (like 1.0 or 1.5)"
-    )
+    def __init__(self, expected: str, max_relative: float, min_size: int):
+        self.expected = expected
+        self.max_relative = max_relative
+        self.min_size = min_size
 
     def convert(self, node: Node, origin: Origin, path: str) -> Any:
         if not isinstance(node, ScalarNode):
             raise self.wrong(node, origin, path)
         if node.tag == FLOAT:
             value = float(construct(node))
-            if not 0 < value <= 100:
+            if not 0 < value <= self.max_relative:
                 raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
             return value
+        size: int | None = None
         if node.tag == INT:
-            size: int | None = int(construct(node))
+            size = int(construct(node))
         elif node.tag == STR:
             size = parse_size(node.value)
-        else:
-            size = None
         if size is None:
             raise self.wrong(node, origin, path)
-        if size < 0:
+        if size < self.min_size:
             raise self.wrong(node, origin, path, f"{node.value}, which is out of range")
         return size
 
     def show(self, value: Any) -> Any:
         return format_size(value) if isinstance(value, int) else value
+
+
+#: RabbitMQ's vm_memory_high_watermark: a fraction of RAM or an absolute size.
+WATERMARK = RelativeOrSize(
+    "a fraction of RAM as a number above 0 and at most 1 (like 0.4), or an absolute "
+    "size of at least 1MiB (like '2GiB')",
+    max_relative=1.0, min_size=MIB,
+)
+#: RabbitMQ's disk_free_limit: an absolute size, or a multiple of RAM (``.relative``).
+DISK_LIMIT = RelativeOrSize(
+    "a size (bytes, or a string like '50MB' or '1GiB'; 0 = off), or a multiple of RAM "
+    "as a number with a decimal point above 0 and at most 100 (like 1.0 or 1.5)",
+    max_relative=100.0, min_size=0,
+)
 
 
 class StrList(Kind):
@@ -439,10 +424,10 @@ OPTIONS: tuple[Option, ...] = (
            "hard cap on open channels of one connection; 0 = channel_max only"),
     Option("limits.max_message_size", "max_message_size", Size(1, 512 * MIB),
            "AMQPD_MAX_MESSAGE_SIZE", None, "largest message body"),
-    Option("limits.memory_high_watermark", "memory_high_watermark", Watermark(),
+    Option("limits.memory_high_watermark", "memory_high_watermark", WATERMARK,
            "AMQPD_MEMORY_HIGH_WATERMARK", None,
            "memory alarm: fraction of RAM (0.4) or absolute size ('2GiB')"),
-    Option("limits.disk_free_limit", "disk_free_limit", DiskLimit(),
+    Option("limits.disk_free_limit", "disk_free_limit", DISK_LIMIT,
            "AMQPD_DISK_FREE_LIMIT", None,
            "disk alarm: free space on the data dir's file system ('50MB'), or a multiple "
            "of RAM (1.0); 0 = off"),

@@ -13,19 +13,19 @@ import contextlib
 import logging
 import re
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
-import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from amqpd.admin.app import bind
+from amqpd.admin.http import EmbeddedHTTPServer, bind
 from amqpd.admin.readmodel import LiveState
 from amqpd.metrics.commits import CommitStats
 from amqpd.metrics.families import AGGREGATED, DETAILED, PER_OBJECT, BrokerCollector, Scrape
@@ -43,24 +43,43 @@ async def _scrape(state: LiveState, commits: CommitStats | None) -> Scrape:
     return scrape
 
 
-def render(collector: BrokerCollector) -> bytes:
+class Snapshot:
+    """Families already read from the broker, for rendering away from the event loop."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def render(collector: Collector) -> bytes:
     """The text exposition format of one collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return generate_latest(registry)
 
 
+async def render_off_loop(collector: BrokerCollector) -> bytes:
+    """Read the broker on the event loop (between two AMQP events, so the figures agree),
+    then render the text in a worker thread: formatting costs about twice the reading
+    (prometheus_client, ~8 us a series) and AMQP traffic goes on meanwhile."""
+    snapshot = Snapshot(list(collector.collect()))
+    return await anyio.to_thread.run_sync(render, snapshot)
+
+
 def build_app(state: LiveState, commits: CommitStats | None = None) -> Starlette:
     """The ASGI application: /metrics, /metrics/per-object, /metrics/detailed."""
 
-    def answer(collector: BrokerCollector) -> Response:
-        return Response(render(collector), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    async def answer(collector: BrokerCollector) -> Response:
+        body = await render_off_loop(collector)
+        return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     async def aggregated(request: Request) -> Response:
-        return answer(BrokerCollector(await _scrape(state, commits), AGGREGATED))
+        return await answer(BrokerCollector(await _scrape(state, commits), AGGREGATED))
 
     async def per_object(request: Request) -> Response:
-        return answer(BrokerCollector(await _scrape(state, commits), PER_OBJECT))
+        return await answer(BrokerCollector(await _scrape(state, commits), PER_OBJECT))
 
     async def detailed(request: Request) -> Response:
         query = request.query_params
@@ -73,7 +92,7 @@ def build_app(state: LiveState, commits: CommitStats | None = None) -> Starlette
                                         vhosts, query.get("queue") or None)
         except re.error as exc:
             return PlainTextResponse(f"invalid queue pattern: {exc}\n", status_code=400)
-        return answer(collector)
+        return await answer(collector)
 
     return Starlette(routes=[
         Route("/metrics", aggregated, methods=["GET"]),
@@ -82,51 +101,12 @@ def build_app(state: LiveState, commits: CommitStats | None = None) -> Starlette
     ])
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the broker's signal watcher stops it), and
-    with a hook for the "listening" line once it accepts."""
-
-    on_started: Callable[[], None] | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_started is not None:
-            self.on_started()
-
-
-class PrometheusServer:
+class PrometheusServer(EmbeddedHTTPServer):
     """The metrics HTTP listener; :meth:`serve` runs until :meth:`stop`."""
 
     def __init__(self, state: LiveState, sock: socket.socket,
                  commits: CommitStats | None = None):
-        self.sock = sock
-        config = uvicorn.Config(
-            build_app(state, commits), log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=1, timeout_keep_alive=5, server_header=False,
-        )
-        self.server = _Server(config)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) actually bound."""
-        host, port = self.sock.getsockname()[:2]
-        return str(host), int(port)
-
-    async def serve(self, on_listening: Callable[[str, int], None] | None = None) -> None:
-        """Serve until :meth:`stop`; ``on_listening(host, port)`` once it accepts."""
-        if on_listening is not None:
-            address = self.address
-            self.server.on_started = lambda: on_listening(*address)
-        await self.server.serve(sockets=[self.sock])
-
-    def stop(self) -> None:
-        """Ask uvicorn to finish (it closes its connections within a second)."""
-        self.server.should_exit = True
+        super().__init__(build_app(state, commits), sock)
 
 
 def open_prometheus(

@@ -43,6 +43,7 @@ from prometheus_client.core import (
 
 from amqpd import __version__
 from amqpd.admin.readmodel import RABBITMQ_VERSION, LiveState, connection_name, unacked_by_queue
+from amqpd.admin.streams_view import group_rows
 from amqpd.broker.broker import DISK, MEMORY
 from amqpd.broker.message import CLOCK
 from amqpd.broker.queue import READY, Queue
@@ -64,7 +65,7 @@ DETAILED_FAMILIES = frozenset({
     "queue_coarse_metrics", "queue_consumer_count", "queue_metrics",
     "channel_metrics", "connection_metrics",
     "vhost_status", "exchange_bindings", "exchange_names",
-    "amqpd_queue_metrics", "amqpd_store_metrics",
+    "amqpd_queue_metrics", "amqpd_store_metrics", "amqpd_stream_metrics",
 })
 # What /metrics and /metrics/per-object emit (RabbitMQ: every raw family; the cluster ones
 # only on request).
@@ -143,6 +144,8 @@ class BrokerCollector:
             yield from _amqpd_queue_families(scrape.state, queues, selection.per_object)
         if "amqpd_store_metrics" in families:
             yield from _amqpd_store_families(scrape)
+        if "amqpd_stream_metrics" in families:
+            yield from _amqpd_stream_families(queues)
         if selection.endpoint != DETAILED:
             yield from _alarms(scrape.state)
             yield from _totals(scrape.state)
@@ -552,6 +555,26 @@ def _amqpd_store_families(scrape: Scrape) -> Iterator[Metric]:
         "amqpd_store_fsyncs_total",
         "fsyncs the group commits waited for (one per store commit, one per stream synced)",
         value=commits.fsyncs)
+
+
+def _amqpd_stream_families(queues: list[Queue]) -> Iterator[Metric]:
+    """Consumer groups of streams, one series per group on every endpoint: a group falling
+    behind is what an operator alerts on, and groups are few (not one per message)."""
+    rows = group_rows(queues)
+    labels = ["vhost", "queue", "group"]
+    lag = GaugeMetricFamily(
+        "amqpd_stream_group_lag_messages",
+        "Messages of the stream after the group's committed offset", labels=labels)
+    committed = GaugeMetricFamily(
+        "amqpd_stream_group_committed_offset",
+        "The offset after the group's highest contiguously acknowledged message",
+        labels=labels)
+    for row in rows:
+        key = [str(row["vhost"]), str(row["queue"]), str(row["group"])]
+        lag.add_metric(key, float(row["lag"]))
+        committed.add_metric(key, float(row["committed_offset"]))
+    yield lag
+    yield committed
 
 
 # -- sessions and cluster-wide -------------------------------------------------------------

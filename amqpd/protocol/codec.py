@@ -13,6 +13,7 @@ import struct
 from typing import Any
 
 from pamqp import commands
+from pamqp import decode as pamqp_decode
 from pamqp.base import Frame as Method
 from pamqp.common import Struct as PamqpStruct
 from pamqp.header import ContentHeader
@@ -137,7 +138,29 @@ def decode_method(payload: bytes) -> Method:
             class_id,
             method_id,
         ) from exc
+    for name in getattr(method, "__slots__", ()):
+        _check_nesting(getattr(method, name, None), method.name, class_id, method_id)
     return method
+
+
+def _check_nesting(value: object, name: str, class_id: int, method_id: int) -> None:
+    """Refuse argument tables nested deeper than MAX_TABLE_DEPTH: pamqp decodes a few
+    hundred levels, but the broker's own recursive walks of arguments (binding identity,
+    header matching, the store's encoder) would then hit Python's recursion limit -- a
+    541 for the connection and, in a timer or another connection, worse."""
+    if not isinstance(value, dict | list):
+        return
+    level: list[dict[str, object] | list[object]] = [value]
+    for _ in range(MAX_TABLE_DEPTH + 1):
+        level = [item for container in level
+                 for item in (container.values() if isinstance(container, dict) else container)
+                 if isinstance(item, dict | list)]
+        if not level:
+            return
+    raise ConnectionLevelError(
+        502, f"the arguments of {name} nest field tables deeper than {MAX_TABLE_DEPTH}",
+        class_id, method_id,
+    )
 
 
 def encode_method(channel: int, method: Method) -> bytes:
@@ -277,10 +300,191 @@ def decode_properties(header_payload: bytes) -> commands.Basic.Properties:
 
 def encode_header_payload(body_size: int, properties: commands.Basic.Properties) -> bytes:
     """Encode a content header payload for new or changed properties."""
-    return _HEADER_FIXED.pack(60, 0, body_size) + properties.marshal()
+    headers = properties.headers
+    if not headers or not _has_bytes(headers):
+        return _HEADER_FIXED.pack(60, 0, body_size) + properties.marshal()
+    # pamqp decodes a long string that is not UTF-8 as ``bytes`` but encodes only
+    # ``bytearray`` (as a byte array, "x"): without this a client's binary header made
+    # every re-encoding (x-delivery-count, dead-lettering, BCC removal) a 541.
+    properties.headers = _bytes_as_bytearray(headers)
+    try:
+        return _HEADER_FIXED.pack(60, 0, body_size) + properties.marshal()
+    finally:
+        properties.headers = headers
+
+
+def _has_bytes(value: object) -> bool:
+    if isinstance(value, bytes):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bytes(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_bytes(item) for item in value)
+    return False
+
+
+def _bytes_as_bytearray(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {key: _bytes_as_bytearray(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_bytes_as_bytearray(item) for item in value]
+    return value
 
 
 def method_name(method: Any) -> str:
     """A spec-style name (``basic.publish``) for error texts."""
     name: str = getattr(method, "name", type(method).__name__)
     return name.lower()
+
+
+# The basic class's properties in flag order (bit 15 down to bit 2): "s" shortstr,
+# "t" field table, "o" octet, "q" 64-bit timestamp.
+_PROPERTY_KINDS = "sstoossssqssss"
+
+
+def check_properties(header_payload: bytes) -> None:
+    """Check that a published content header's property list decodes.
+
+    Properties are decoded lazily (a headers exchange, an expiration, a redelivery count,
+    a consumer on another connection), and header bytes are forwarded verbatim, so a
+    malformed list must be refused here, on the publisher's connection -- later it would
+    be an unexpected exception (541) on whichever connection touched it, or bytes no
+    consumer can read. The fixed fields are walked by hand (most messages have only
+    those); a headers table goes through pamqp.
+
+    Raises:
+        ConnectionLevelError: 502 SYNTAX_ERROR naming what does not decode.
+    """
+    flags = header_flags(header_payload)
+    if not flags:
+        return
+    if flags & 0x0003:  # more flag words (or the reserved bit): rare, let pamqp judge
+        try:
+            decode_properties(header_payload)
+        except Exception as exc:
+            raise ConnectionLevelError(
+                502, f"content header properties do not decode: {exc}", 60, 40
+            ) from exc
+        return
+    offset = 14
+    size = len(header_payload)
+    try:
+        for bit, kind in enumerate(_PROPERTY_KINDS):
+            if not flags & (0x8000 >> bit):
+                continue
+            if kind == "s":
+                end = offset + 1 + header_payload[offset]
+                if end > size:
+                    raise ValueError("a short string runs past the end of the header")
+                header_payload[offset + 1 : end].decode("utf-8")
+            elif kind == "o":
+                end = offset + 1
+            elif kind == "q":
+                end = offset + 8
+                pamqp_decode.timestamp(header_payload[offset:end])  # a datetime must exist
+            else:
+                end = _skip_table(header_payload, offset, 0)
+            if end > size:
+                raise ValueError("the property list is truncated")
+            offset = end
+    # pamqp raises ValueError, struct.error, OverflowError (a timestamp past year 9999),
+    # RecursionError (tables nested thousands deep)...: whatever it is, the header is bad.
+    except Exception as exc:
+        raise ConnectionLevelError(
+            502, f"content header properties do not decode: {exc}", 60, 40
+        ) from exc
+
+
+# Field-value types (pamqp's TABLE_MAPPING, RabbitMQ's errata) of a fixed size in bytes.
+_FIXED_SIZES = {
+    ord("t"): 1, ord("b"): 1, ord("B"): 1, ord("s"): 2, ord("u"): 2, ord("I"): 4,
+    ord("i"): 4, ord("l"): 8, ord("L"): 8, ord("f"): 4, ord("d"): 8, ord("D"): 5,
+    ord("V"): 0, 0: 0,
+}
+# Deeper nesting is refused: pamqp's recursive decoder (three frames a level) would hit
+# Python's recursion limit somewhere past 300 levels, depending on the caller's stack.
+MAX_TABLE_DEPTH = 100
+
+
+def _skip_table(data: bytes, offset: int, depth: int) -> int:
+    """Walk the field table at ``offset`` without building it and return where it ends.
+    It accepts what ``pamqp.decode.field_table`` accepts (``tests/test_codec.py`` checks
+    this against pamqp), at a fraction of its cost, and raises ValueError otherwise."""
+    if depth > MAX_TABLE_DEPTH:
+        raise ValueError(f"field tables nested deeper than {MAX_TABLE_DEPTH}")
+    size = len(data)
+    if offset + 4 > size:
+        raise ValueError("a field table length is truncated")
+    start = offset + 4
+    end = start + int.from_bytes(data[offset:start], "big")
+    if end > size:
+        raise ValueError("a field table runs past the end of its frame")
+    position = start
+    while position < end:
+        key_end = position + 1 + data[position]
+        if key_end > end:
+            raise ValueError("a field table key runs past the end of the table")
+        data[position + 1 : key_end].decode("utf-8")
+        position = _skip_value(data, key_end, depth)
+    return end
+
+
+def _skip_value(data: bytes, offset: int, depth: int) -> int:
+    if offset >= len(data):  # pamqp reads a missing value as void
+        return offset
+    kind = data[offset]
+    offset += 1
+    fixed = _FIXED_SIZES.get(kind)
+    if fixed is not None:
+        if offset + fixed > len(data):
+            raise ValueError(f"a field value of type {chr(kind)!r} is truncated")
+        return offset + fixed
+    if kind in (0x53, 0x78):  # S long string, x byte array: pamqp does not bound the length
+        if offset + 4 > len(data):
+            raise ValueError("a long string length is truncated")
+        return offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
+    if kind == 0x54:  # T timestamp: must be a date Python can represent
+        pamqp_decode.timestamp(data[offset : offset + 8])
+        return offset + 8
+    if kind == 0x46:  # F nested table
+        return _skip_table(data, offset, depth + 1)
+    if kind == 0x41:  # A array: pamqp returns where its last value ended
+        if offset + 4 > len(data):
+            raise ValueError("a field array length is truncated")
+        end = offset + 4 + int.from_bytes(data[offset : offset + 4], "big")
+        if end > len(data):
+            raise ValueError("a field array runs past the end of its frame")
+        position = offset + 4
+        while position < end:
+            position = _skip_value(data, position, depth + 1)
+        return position
+    raise ValueError(f"unknown field value type {bytes((kind,))!r}")
+
+
+class _DeclareOk(commands.Queue.DeclareOk):
+    def validate(self) -> None:
+        """pamqp checks the name against an ASCII pattern; the broker already accepted it."""
+
+
+class _Return(commands.Basic.Return):
+    def validate(self) -> None:
+        """As :class:`_DeclareOk`, for the exchange name."""
+
+
+def queue_declare_ok(
+    queue: str, message_count: int, consumer_count: int
+) -> commands.Queue.DeclareOk:
+    """queue.declare-ok for any queue name the broker accepted. pamqp checks names, when it
+    builds and when it encodes, against an ASCII pattern (``[a-zA-Z0-9-_.:@#,/+ ]``) meant
+    for what a client sends and that RabbitMQ does not have: a client declaring
+    ``очередь`` or ``jobs[1]`` would get 541 instead of its declare-ok."""
+    return _DeclareOk(queue, message_count, consumer_count)
+
+
+def basic_return(
+    reply_code: int, reply_text: str, exchange: str, routing_key: str
+) -> commands.Basic.Return:
+    """basic.return for any exchange name (see :func:`queue_declare_ok`)."""
+    return _Return(reply_code, reply_text, exchange, routing_key)

@@ -21,6 +21,7 @@ from pamqp import commands
 from pamqp.base import Frame as Method
 
 from amqpd.broker import routing
+from amqpd.broker.delayed import is_delayed
 from amqpd.broker.lease import LEASE_EXCHANGE, parse_lease
 from amqpd.broker.message import Message, QueueEntry, route_for
 from amqpd.broker.priority import consumer_priority
@@ -29,6 +30,7 @@ from amqpd.broker.transaction import PendingPublish, PendingSettle, Transaction
 from amqpd.broker.vhost import generate_name
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
+from amqpd.session import reply_to
 from amqpd.session.consumer import Consumer
 from amqpd.session.declarations import DeclarationMethods
 from amqpd.session.transactions import TransactionMethods
@@ -160,6 +162,7 @@ class Channel(DeclarationMethods, TransactionMethods):
             raise ConnectionLevelError(
                 505, f"content header for class {codec.header_class_id(payload)}, expected 60"
             )
+        codec.check_properties(payload)  # decoded lazily later, on any connection: check now
         size = codec.header_body_size(payload)
         limit = self.connection.settings.max_message_size
         if size > limit:
@@ -214,6 +217,8 @@ class Channel(DeclarationMethods, TransactionMethods):
             expiration = message.properties.expiration
             if expiration is not None:
                 message.ttl_ms = parse_expiration(expiration)
+        if flags & reply_to.FLAG_REPLY_TO:  # direct reply-to: amqpd.session.reply_to
+            message = reply_to.rewrite(self, message)
         if flags & 0x0010:  # user-id set: RabbitMQ checks it names the authenticated user
             user_id = message.properties.user_id
             if user_id is not None and user_id != self.connection.user_name:
@@ -267,6 +272,12 @@ class Channel(DeclarationMethods, TransactionMethods):
         """Route and enqueue; False when a queue refused the message (reject-publish)."""
         vhost = self.connection.vhost
         exchange = self._check_exchange(fields.exchange)
+        if not fields.exchange and fields.routing_key.startswith(reply_to.PREFIX):
+            return reply_to.route(self, fields.mandatory, message)
+        if is_delayed(exchange) and vhost.delayed.hold(exchange, message):
+            if fields.mandatory:  # as the plugin: nothing is routed now, so it comes back
+                self.connection.write_return(self.id, 312, "NO_ROUTE", message)
+            return True
         queues = routing.route(exchange, message, vhost.queues, vhost.get_exchange)
         accepted = True
         if queues:
@@ -524,6 +535,7 @@ class Channel(DeclarationMethods, TransactionMethods):
             consumer.queue.remove_consumer(consumer)
         self.requeue_all()
         self._reset_content()
+        reply_to.release(self)
         self._confirms = []
 
     # -- channel class -----------------------------------------------------------------
@@ -570,6 +582,9 @@ class Channel(DeclarationMethods, TransactionMethods):
 
     def on_basic_consume(self, method: commands.Basic.Consume) -> None:
         """basic.consume."""
+        if method.queue == reply_to.QUEUE:
+            reply_to.consume(self, method)
+            return
         name = self._queue_name(method.queue)
         self._allow("read", "queue", name)
         queue = self.vhost.queue_or_404(name, self.connection)
@@ -598,6 +613,8 @@ class Channel(DeclarationMethods, TransactionMethods):
             self.connection.write_method(self.id, commands.Basic.CancelOk(method.consumer_tag))
         if consumer is not None:
             consumer.queue.remove_consumer(consumer)
+        else:
+            reply_to.cancel(self, method.consumer_tag)
 
     def on_basic_get(self, method: commands.Basic.Get) -> None:
         """basic.get: one message or get-empty."""

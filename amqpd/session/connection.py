@@ -82,7 +82,7 @@ SERVER_CAPABILITIES = {
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -231,7 +231,7 @@ class Connection:
         """Queue basic.return plus the content (mandatory message with no route)."""
         self.write_method(
             channel,
-            commands.Basic.Return(reply_code, reply_text, message.exchange, message.routing_key),
+            codec.basic_return(reply_code, reply_text, message.exchange, message.routing_key),
         )
         self._append_content(channel, message)
 

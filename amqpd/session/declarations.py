@@ -13,7 +13,9 @@ from pamqp import commands
 
 from amqpd.access.permissions import authorize
 from amqpd.broker.vhost import generate_name
+from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError
+from amqpd.session import reply_to
 
 if TYPE_CHECKING:
     from amqpd.session.connection import Connection
@@ -102,6 +104,9 @@ class DeclarationMethods:
     def on_queue_declare(self, method: commands.Queue.Declare) -> None:
         """queue.declare."""
         name = method.queue
+        if name.startswith(reply_to.QUEUE) and reply_to.is_reply_queue(name, method.passive):
+            reply_to.declare(self, method)  # type: ignore[arg-type]
+            return
         server_named = not name and not method.passive
         if not method.passive:
             if server_named:
@@ -125,7 +130,7 @@ class DeclarationMethods:
         if not method.nowait:
             self.connection.write_method(
                 self.id,
-                commands.Queue.DeclareOk(queue.name, queue.message_count, len(queue.consumers)),
+                codec.queue_declare_ok(queue.name, queue.message_count, len(queue.consumers)),
             )
 
     def _queue_name(self, name: str) -> str:

@@ -188,7 +188,7 @@ class StreamQueue(Queue):
 
     def add_consumer(self, consumer: QueueConsumer, priority: int = 0) -> None:
         """Attach a consumer at the offset its arguments name (or its group's commit)."""
-        arguments = dict(getattr(consumer, "arguments", None) or {})
+        arguments = dict(consumer.arguments)
         spec = parse_consume(arguments, self.describe(), False, 1)
         if spec.group is None:
             state = ConsumerState(spec, Cursor(self.log, self._start(spec.offset)), None)
@@ -377,6 +377,15 @@ class StreamQueue(Queue):
             committed = group.committed if group is not None else self.group_store.offsets[name]
             out[name] = (committed, max(end - max(committed, self.log.first_offset), 0))
         return out
+
+    def group_report(self) -> list[dict[str, object]]:
+        """Each consumer group as the management API, ``amqpd ctl list_stream_groups`` and
+        Prometheus show it: committed offset, lag, consumers now."""
+        return [
+            {"group": name, "committed_offset": committed, "lag": lag,
+             "consumers": len(self.groups[name].members) if name in self.groups else 0}
+            for name, (committed, lag) in self.group_lag().items()
+        ]
 
     def on_deleted(self) -> None:
         """The stream was deleted: its files go too."""

@@ -19,15 +19,18 @@ from typing import TYPE_CHECKING, Any
 import exchanges
 from amqpd.access.auth import User
 from amqpd.access.permissions import FULL, Permission
+from amqpd.broker.policies import make_policy
 from amqpd.config.model import (
     BindingSpec,
     ExchangeSpec,
     PermissionSpec,
+    PolicySpec,
     QueueSpec,
     Topology,
     UserSpec,
 )
 from amqpd.config.nodes import ConfigError
+from amqpd.config.policy import policy_problem
 from amqpd.protocol.errors import AMQPError
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class Plan:
     exchanges: list[tuple[str, ExchangeSpec]] = field(default_factory=list)
     queues: list[tuple[str, QueueSpec]] = field(default_factory=list)
     bindings: list[tuple[str, BindingSpec]] = field(default_factory=list)
+    policies: list[tuple[str, PolicySpec]] = field(default_factory=list)
     users: list[UserSpec] = field(default_factory=list)
     permissions: list[PermissionSpec] = field(default_factory=list)
     remove_users: list[str] = field(default_factory=list)
@@ -87,7 +91,7 @@ class Plan:
 
     def is_empty(self) -> bool:
         return not (self.vhosts or self.exchanges or self.queues or self.bindings
-                    or self.users or self.permissions or self.remove_users
+                    or self.policies or self.users or self.permissions or self.remove_users
                     or self.remove_permissions)
 
     def describe(self) -> list[str]:
@@ -98,6 +102,7 @@ class Plan:
         lines += [f"declare queue '{q.name}' in vhost '{v}'" for v, q in self.queues]
         lines += [f"bind {b.destination_type} '{b.destination}' to exchange '{b.source}' "
                   f"with key '{b.routing_key}' in vhost '{v}'" for v, b in self.bindings]
+        lines += [f"set policy '{p.name}' in vhost '{v}'" for v, p in self.policies]
         lines += [f"set user '{u.name}'" for u in self.users]
         lines += [f"set permissions of '{p.user}' in vhost '{p.vhost}'"
                   for p in self.permissions]
@@ -265,6 +270,10 @@ def plan(broker: Broker, desired: Desired, *, remove_unlisted: bool = False) -> 
                                     result)
             if problem:
                 problems.append(problem)
+        for policy in vhost_spec.policies.values():
+            problem = _plan_policy(policy, vhost_name, vhost, result)
+            if problem:
+                problems.append(problem)
     _plan_users(broker, desired, result, remove_unlisted)
     if problems:
         raise TopologyError(problems)
@@ -331,6 +340,21 @@ def _plan_binding(
     return None
 
 
+def _plan_policy(spec: PolicySpec, vhost_name: str, vhost: VirtualHost | None,
+                 result: Plan) -> str | None:
+    """A policy is set when the broker lacks it or has it otherwise (policies, unlike
+    queues, change in place); the YAML and JSON readers checked it, but an API caller's
+    topology may not have been."""
+    problem = policy_problem(spec.pattern, spec.definition, spec.apply_to, spec.priority)
+    if problem is not None:
+        return f"{spec.where}: policy '{spec.name}' in vhost '{vhost_name}': {problem}"
+    live = vhost.policies.get(spec.name) if vhost is not None else None
+    if live is None or (live.pattern, dict(live.definition), live.apply_to, live.priority) \
+            != (spec.pattern, spec.definition, spec.apply_to, spec.priority):
+        result.policies.append((vhost_name, spec))
+    return None
+
+
 def _plan_users(broker: Broker, desired: Desired, result: Plan, remove_unlisted: bool) -> None:
     record = managed(broker)
     for spec in desired.users.values():
@@ -380,14 +404,21 @@ class _Undo:
     bindings: list[tuple[VirtualHost, str, Queue | Exchange, str, dict[str, Any]]] = field(
         default_factory=list
     )
+    policies: list[tuple[VirtualHost, str, Any]] = field(default_factory=list)
     users: dict[str, User | None] = field(default_factory=dict)
     user_state: dict[str, tuple[str, list[str], bool, dict[str, Permission]]] = field(
         default_factory=dict
     )
 
 
-def apply(broker: Broker, planned: Plan, desired: Desired) -> None:
-    """Carry out a plan; on any failure undo what was done and raise TopologyError."""
+def apply(broker: Broker, planned: Plan, desired: Desired, *, configuration: bool = True) -> None:
+    """Carry out a plan; on any failure undo what was done and raise TopologyError.
+
+    ``configuration``: the plan comes from the broker's configuration, so the users and
+    permissions it lists become configuration-managed (a later reload may remove them).
+    Definitions imported at run time (HTTP) are not: a reload must never delete them. Where
+    each exchange and queue came from is recorded either way (for conflict messages).
+    """
     undo = _Undo()
     step = "start"
     try:
@@ -421,13 +452,19 @@ def apply(broker: Broker, planned: Plan, desired: Desired) -> None:
                        dict(binding.arguments))
             undo.bindings.append((vhost, binding.source, destination, binding.routing_key,
                                   dict(binding.arguments)))
+        for vhost_name, policy in planned.policies:
+            step = f"{policy.where}: policy '{policy.name}'"
+            vhost = broker.vhosts[vhost_name]
+            undo.policies.append((vhost, policy.name, vhost.policies.get(policy.name)))
+            vhost.policies.put(make_policy(policy.name, policy.pattern, policy.definition,
+                                           policy.apply_to, policy.priority))
         step = "users"
         _apply_users(broker, planned, desired, undo)
     except Exception as exc:
         _rollback(broker, undo)
         text = getattr(exc, "reply_text", None) or str(exc)
         raise TopologyError([f"{step}: {text}; nothing was applied"]) from exc
-    _record(broker, planned, desired)
+    _record(broker, planned, desired, configuration)
 
 
 def _snapshot(undo: _Undo, user: User) -> None:
@@ -488,6 +525,11 @@ def _rollback(broker: Broker, undo: _Undo) -> None:
             store.users.pop(name, None)
         else:
             store.add(previous)
+    for vhost, name, previous in reversed(undo.policies):
+        if previous is None:
+            vhost.policies.delete(name)
+        else:
+            vhost.policies.put(previous)
     for vhost, source, destination, key, arguments in reversed(undo.bindings):
         _quietly(vhost.unbind, source, destination, key, arguments)
     for queue_vhost, queue_name in reversed(undo.queues):
@@ -505,10 +547,11 @@ def _quietly(function: Any, *args: Any) -> None:
         LOGGER.exception("undoing a partly applied topology failed")
 
 
-def _record(broker: Broker, planned: Plan, desired: Desired) -> None:
+def _record(broker: Broker, planned: Plan, desired: Desired, configuration: bool) -> None:
     record = managed(broker)
-    record.users = set(desired.users)
-    record.permissions = {(p.user, p.vhost) for p in desired.permissions}
+    if configuration:  # run-time imports never become users a reload would remove
+        record.users = set(desired.users)
+        record.permissions = {(p.user, p.vhost) for p in desired.permissions}
     for vhost_name, exchange in planned.exchanges:
         record.origins[vhost_name, "exchange", exchange.name] = exchange.where
     for vhost_name, queue in planned.queues:
@@ -534,7 +577,7 @@ def apply_topology(broker: Broker, topology: Topology) -> Plan:
                       list(settings.loopback_users))
     planned = plan(broker, desired)
     if not planned.is_empty():
-        apply(broker, planned, desired)
+        apply(broker, planned, desired, configuration=False)
     return planned
 
 

@@ -18,6 +18,7 @@ from amqpd.config.model import (
     DestinationType,
     ExchangeSpec,
     PermissionSpec,
+    PolicySpec,
     QueueSpec,
     Topology,
     UserSpec,
@@ -80,6 +81,10 @@ def topology_from_broker(broker: Broker) -> Topology:
                 ))
         spec.bindings.sort(key=lambda b: (b.source, b.destination_type, b.destination,
                                           b.routing_key, repr(sorted(b.arguments.items()))))
+        for policy in vhost.policies:
+            spec.policies[policy.name] = PolicySpec(
+                policy.name, policy.pattern, dict(policy.definition), policy.apply_to,
+                policy.priority, "broker")
         topology.vhosts[vhost_name] = spec
     record = managed(broker)
     default_user = broker.settings.default_user

@@ -129,9 +129,6 @@ def test_everything_not_converted_is_reported() -> None:
         "parameters",
         "defs.json: global_parameters: 'internal_cluster_id' not converted: amqpd has no "
         "runtime parameters",
-        "defs.json: policies: 'ttl' in vhost 'shop' (pattern '^shop-', apply-to queues, "
-        "definition {\"message-ttl\": 60000}) not converted: amqpd has no policies; put these "
-        "as x-arguments on the queues",
         "defs.json: vhosts: '/': description \"Default virtual host\" not converted",
         "defs.json: vhosts: '/': metadata {\"description\": \"Default virtual host\", "
         "\"tags\": []} not converted",
@@ -151,6 +148,37 @@ def test_converted_yaml_loads_and_applies(tmp_path: Path) -> None:
     apply_topology(broker, load_topology(path))
     assert broker.vhosts["shop"].exchanges["events"].type_name == "topic"
     assert broker.users.users["shop"].vhosts == {"shop"}
+    policy = broker.vhosts["shop"].policies.get("ttl")
+    assert policy is not None and policy.apply_to == "queues"
+    assert broker.vhosts["shop"].queues["shop-orders"].policy.message_ttl == 60000
+
+
+def test_policies_round_trip_through_definitions_and_yaml(tmp_path: Path) -> None:
+    """definitions JSON -> YAML -> broker -> YAML export and definitions JSON again."""
+    from amqpd.topology.export import topology_from_broker
+
+    text = dump(convert(DEFINITIONS, "defs.json").topology)
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    broker = Broker()
+    apply_topology(broker, load_topology(path))
+    exported = dump(topology_from_broker(broker))
+    assert yaml.safe_load(exported)["vhosts"]["shop"]["policies"] == yaml.safe_load(text)[
+        "vhosts"]["shop"]["policies"]
+    again = Broker()
+    apply_topology(again, convert({"policies": [
+        dict(p.document("shop")) for p in broker.vhosts["shop"].policies]}, "x").topology)
+    assert [p.document("shop") for p in again.vhosts["shop"].policies] == \
+        DEFINITIONS["policies"]
+
+
+def test_invalid_policy_in_definitions_is_refused_with_rabbitmqs_reason() -> None:
+    from amqpd.topology.apply import TopologyError
+
+    document = {"policies": [{"vhost": "/", "name": "bad", "pattern": "^q",
+                              "definition": {"overflow": "sideways"}}]}
+    with pytest.raises(TopologyError, match="is not a valid overflow value"):
+        apply_topology(Broker(), convert(document, "defs.json").topology)
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,7 +189,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = yaml.safe_load(captured.out)
     assert document["vhosts"]["shop"]["queues"]["shop-orders"]["arguments"][
         "x-queue-type"] == "quorum"
-    assert f"not converted: {source}: policies: 'ttl'" in captured.err
+    assert document["vhosts"]["shop"]["policies"]["ttl"] == {
+        "pattern": "^shop-", "apply_to": "queues", "priority": 0,
+        "definition": {"message-ttl": 60000}}
+    assert "policies" not in captured.err
     assert main(["import-definitions", str(source), "-o", str(tmp_path / "out.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "out.yaml").read_text()) == document
 

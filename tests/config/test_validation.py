@@ -21,6 +21,10 @@ CASES = [
     ("old flat key points at its new place", "port: 5673\n",
      "F:1:1: unknown setting 'port' (did you mean 'listeners.amqp.port'?), expected one of: "
      + TOP),
+    ("a top-level key nested one level down says where it belongs",
+     "auth:\n  users: []\n",
+     "F:2:3: unknown setting 'users' in auth ('users' belongs at the top level of the file), "
+     "expected one of: default_pass, default_user, default_vhost, loopback_users"),
     ("unknown nested key", "listeners:\n  amqp:\n    prot: 1\n",
      "F:3:5: unknown setting 'prot' in listeners.amqp (did you mean 'port'?), expected one "
      "of: host, port"),
@@ -112,7 +116,7 @@ CASES = [
      "F:2:5: permissions[0]: missing 'write', expected a value for it"),
     ("unknown vhost field in the topology", "topology:\n  vhosts:\n    /:\n      queue: {}\n",
      "F:4:7: unknown vhost field 'queue' in topology.vhosts['/'] (did you mean 'queues'?), "
-     "expected one of: bindings, exchanges, queues"),
+     "expected one of: bindings, exchanges, policies, queues"),
     ("exchange without type",
      "topology:\n  vhosts:\n    /:\n      exchanges:\n        e: {durable: true}\n",
      "F:5:12: topology.vhosts['/'].exchanges.e: missing 'type', expected an exchange type "
