@@ -62,9 +62,10 @@ _GC_THRESHOLDS = (100_000, 50, 100)
 # confirms resume within a second once space is freed).
 _FULL_RETRY_FIRST = 0.05
 _FULL_RETRY_MAX = 1.0
-# Ticks (seconds) a finished connection may take to flush its last bytes before its socket
-# is closed regardless: a dead peer that stopped reading would block the writer for ever.
-_FINISHED_GRACE_TICKS = 2
+# Connection ticks (0.5 s each) a finished connection may take to flush its last bytes before
+# its socket is closed regardless: a dead peer that stopped reading would block the writer
+# for ever.
+_FINISHED_GRACE_TICKS = 4
 
 
 class Session:
@@ -504,25 +505,33 @@ class Server:
         broker.check_disk(free)
 
     async def _tick(self) -> None:
-        """Message TTLs every 0.1 s (LavinMQ's granularity); connection timers every 1 s."""
+        """Message TTLs every 0.1 s (LavinMQ's granularity); connection timers every 0.5 s
+        (heartbeats go out at half the negotiated interval, as RabbitMQ's); the live
+        topology file and the disk probe every second, after the connections, so a slow
+        disk probe (a worker thread) never delays a heartbeat."""
         rounds = 0
         while True:
             await anyio.sleep(0.1)
             self.broker.tick(time.monotonic())
             rounds += 1
+            if rounds % 5:
+                continue
+            self._tick_connections()
             if rounds % 10:
                 continue
             await self._write_live_topology()
             await self._check_disk()
-            for session in list(self.sessions):
-                connection = session.connection
-                connection.tick()
-                if connection.finished:
-                    session.finished_ticks += 1
-                    if session.finished_ticks > _FINISHED_GRACE_TICKS:
-                        session.abort()
-                if connection.out or connection.finished:
-                    session.wake()
+
+    def _tick_connections(self) -> None:
+        for session in list(self.sessions):
+            connection = session.connection
+            connection.tick()
+            if connection.finished:
+                session.finished_ticks += 1
+                if session.finished_ticks > _FINISHED_GRACE_TICKS:
+                    session.abort()
+            if connection.out or connection.finished:
+                session.wake()
 
 
 async def tcp_listener(host: str, port: int) -> MultiListener[SocketStream]:

@@ -641,7 +641,7 @@ class Connection:
     # -- timers ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Called about once a second by the shell: heartbeats, ack deadlines, close
+        """Called twice a second by the shell: heartbeats, ack deadlines, close
         time-outs."""
         now = self.clock()
         if self.close_deadline is not None and now >= self.close_deadline:
