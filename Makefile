@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck unit interop test-rabbitmq test-crash bench clean
 .PHONY: fuzz soak
+.PHONY: compile clean-compiled test-pure test-compiled
 .PHONY: image-test
 
 $(STAMP): pyproject.toml
@@ -15,12 +16,37 @@ $(STAMP): pyproject.toml
 		echo "python3-venv is missing; installing it with apt-get"; \
 		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev,fast]'
+	# The package itself installs as pure Python; the build in place is $(MYPYC_STAMP)'s job.
+	AMQPD_MYPYC=0 $(BIN)/python -m pip install -q -e '.[test,dev,fast]'
 	@touch $(STAMP)
+
+# The hot path compiled with mypyc (setup.py, HOT_PATH): extension modules next to their .py
+# files, which Python imports first; rebuilt when one of those sources changes. Without a C
+# compiler or Python.h (Debian: apt-get install gcc python3-dev) it says so and amqpd runs
+# as pure Python. AMQPD_MYPYC=0 removes the build and runs pure Python; =1 fails instead of
+# falling back.
+AMQPD_MYPYC ?= auto
+HOT_PATH := $(shell sed -n 's/^    "\(.*\.py\)",.*/\1/p' setup.py)
+MYPYC_STAMP := $(VENV)/.mypyc-$(AMQPD_MYPYC)-stamp
+$(MYPYC_STAMP): $(STAMP) setup.py $(HOT_PATH)
+	@rm -f $(VENV)/.mypyc-*-stamp
+	@if [ "$(AMQPD_MYPYC)" = 0 ]; then $(MAKE) --no-print-directory clean-compiled; \
+	else AMQPD_MYPYC=$(AMQPD_MYPYC) $(BIN)/python setup.py -q build_ext --inplace; fi
+	@touch $@
+
+# Explicitly asked for: always rebuilds (e.g. after installing gcc and python3-dev).
+compile: $(STAMP)
+	@rm -f $(VENV)/.mypyc-*-stamp
+	@$(MAKE) --no-print-directory $(MYPYC_STAMP)
+
+clean-compiled:
+	find amqpd exchanges -name '*.so' -delete
+	rm -f $(VENV)/.mypyc-*-stamp
+	rm -rf build
 
 # Start the broker in the foreground on localhost:5672, 127.0.0.1 and ::1 (guest/guest, data
 # in ./data).
-run: $(STAMP)
+run: $(MYPYC_STAMP)
 	$(BIN)/amqpd --host localhost --port 5672 --data-dir ./data
 
 # Node.js and amqplib for interop/test_node_amqplib.py: Debian's nodejs and npm when node is
@@ -46,9 +72,19 @@ $(CHROMIUM_STAMP): | $(STAMP)
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; \
 		then touch $@; fi
 
-# Every test: lint, types, unit tests and the interop suite against a fresh broker.
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP) lint typecheck
+# Every test: lint, types, unit tests and the interop suite against a fresh broker, on
+# whatever `make compile` left (compiled where a compiler is, else pure Python).
+test: $(MYPYC_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
+
+# CI runs both paths: the full suite on pure Python, then the suite without the slow
+# process-level tests (crash, soak) on the compiled build, which must really be compiled.
+test-pure:
+	$(MAKE) --no-print-directory test AMQPD_MYPYC=0
+
+test-compiled:
+	$(MAKE) --no-print-directory compile AMQPD_MYPYC=1
+	AMQPD_EXPECT_COMPILED=1 $(BIN)/python -m pytest -q tests interop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -84,5 +120,5 @@ bench: $(STAMP)
 image-test: $(STAMP)
 	PYTHON=$(BIN)/python bash deploy/image_test.sh
 
-clean:
+clean: clean-compiled
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@ Built-in types: ``direct``, ``fanout``, ``topic``, ``headers``, ``x-rules`` and
 ``x-consistent-hash`` and ``x-delayed-message``.
 """
 
-# The type modules are imported for their @register side effect.
+# The type modules are imported for their register() side effect.
 from exchanges import consistent_hash, delayed, direct, fanout, headers, rules, topic
 from exchanges.base import (
     Binding,

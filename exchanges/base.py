@@ -17,27 +17,34 @@ from collections.abc import Collection, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Protocol, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from exchanges.values import arguments_identity, readonly_arguments
 
 D = TypeVar("D", bound=Hashable)
 
 
+# The errors are public API: plugins may subclass them in interpreted Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ExchangeError(Exception):
     """A declare or bind the server must refuse; ``reply_code`` and ``text`` go on the wire."""
 
-    reply_code: int = 406
+    # ClassVar: a class constant per error class (mypyc: not an instance attribute default).
+    reply_code: ClassVar[int] = 406
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.text = text
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PreconditionFailed(ExchangeError):  # noqa: N818 - the AMQP name, fixed by the API
     """Invalid exchange or binding arguments (AMQP 406 PRECONDITION_FAILED)."""
 
     reply_code = 406
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NotAllowed(ExchangeError):  # noqa: N818 - the AMQP name, fixed by the API
     """An operation the exchange type never permits (AMQP 530 NOT_ALLOWED)."""
 
@@ -55,6 +62,7 @@ class Routable(Protocol):
     def headers(self) -> Mapping[str, object] | None: ...
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True, eq=False)
 class Binding(Generic[D]):
     """One binding. Identity is the triple (destination, routing_key, arguments), with the
@@ -85,6 +93,8 @@ class Binding(Generic[D]):
         return hash(self._identity)
 
 
+# Plugins (and tests) subclass it in interpreted Python; the built-in types are compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ExchangeType(ABC, Generic[D]):
     """Routing logic plus the bindings of one exchange.
 

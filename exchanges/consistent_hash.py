@@ -82,7 +82,6 @@ def parse_weight(routing_key: str) -> int:
     return weight
 
 
-@register
 class ConsistentHashExchange(IndexedExchange[D]):
     """A hash ring searched with bisect."""
 
@@ -171,3 +170,7 @@ class ConsistentHashExchange(IndexedExchange[D]):
             return ()
         index = bisect_left(ring, stable_hash(key))
         return (self._owners[index if index < len(ring) else 0],)
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(ConsistentHashExchange)

@@ -9,7 +9,6 @@ from exchanges.registry import register
 from exchanges.table import DestinationSet, IndexedExchange
 
 
-@register
 class DirectExchange(IndexedExchange[D]):
     """One dict lookup per message."""
 
@@ -34,3 +33,7 @@ class DirectExchange(IndexedExchange[D]):
     def route(self, message: Routable) -> Collection[D]:
         routes = self._routes.get(message.routing_key)
         return routes.snapshot if routes is not None else ()
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(DirectExchange)

@@ -9,7 +9,6 @@ from exchanges.registry import register
 from exchanges.table import DestinationSet, IndexedExchange
 
 
-@register
 class FanoutExchange(IndexedExchange[D]):
     """Routing returns a cached tuple of all destinations."""
 
@@ -27,3 +26,7 @@ class FanoutExchange(IndexedExchange[D]):
 
     def route(self, message: Routable) -> Collection[D]:
         return self._all.snapshot
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(FanoutExchange)

@@ -78,7 +78,6 @@ def compile_arguments(arguments: Mapping[str, object]) -> tuple[bool, Requiremen
     return match_all, tuple(requirements)
 
 
-@register
 class HeadersExchange(IndexedExchange[D]):
     """Headers matching through an inverted index of (header, value) -> matchers."""
 
@@ -154,3 +153,7 @@ class HeadersExchange(IndexedExchange[D]):
             if not matcher.match_all or count == len(matcher.requirements):
                 found.update(dict.fromkeys(matcher.destinations.snapshot))
         return found.keys()
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(HeadersExchange)

@@ -69,7 +69,6 @@ def rule_text(arguments: Mapping[str, object]) -> str:
     return text
 
 
-@register
 class RulesExchange(IndexedExchange[D]):
     """Rule groups, indexed by their guards (see the module docstring)."""
 
@@ -210,3 +209,7 @@ def _remove_from(
     del groups[group]
     if not groups:
         del index[key]
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(RulesExchange)

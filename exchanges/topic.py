@@ -21,7 +21,6 @@ from exchanges.topic_trie import TopicTrie
 from exchanges.words import is_wildcard, split_words
 
 
-@register
 class TopicExchange(IndexedExchange[D]):
     """Exact keys in a dict, wildcard patterns in a trie."""
 
@@ -70,3 +69,7 @@ class TopicExchange(IndexedExchange[D]):
             for destination in exact.snapshot:
                 found[destination] = None
         return found.keys()
+
+
+# A call, not a class decorator: mypyc compiles only undecorated classes to native ones.
+register(TopicExchange)

@@ -242,15 +242,15 @@ def test_queue_switches_to_ranking_and_back() -> None:
     peer.send(1, commands.Queue.Declare(queue="q"))
     q = peer.broker.vhosts["/"].queues["q"]
     peer.send(1, commands.Basic.Consume(queue="q", consumer_tag="plain"))
-    assert "_next_consumer" not in vars(q)
+    assert q._ranks is None  # the plain ring
     peer.send(1, commands.Basic.Consume(queue="q", consumer_tag="high",
                                         arguments={"x-priority": 3}))
-    assert "_next_consumer" in vars(q)
+    assert q._ranks is not None
     frames = peer.publish(1, "", "q", b"x")
     delivers = [v for _, v in frames if isinstance(v, commands.Basic.Deliver)]
     assert [d.consumer_tag for d in delivers] == ["high"]
     peer.send(1, commands.Basic.Cancel(consumer_tag="high"))
-    assert "_next_consumer" not in vars(q)
+    assert q._ranks is None
     frames = peer.publish(1, "", "q", b"y")
     delivers = [v for _, v in frames if isinstance(v, commands.Basic.Deliver)]
     assert [d.consumer_tag for d in delivers] == ["plain"]

@@ -25,7 +25,7 @@ from pika.exceptions import ConnectionClosedByBroker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: What the Docker build context holds (.dockerignore is an allow-list of these).
-BUILD_CONTEXT = ("pyproject.toml", "README.md", "amqpd", "exchanges")
+BUILD_CONTEXT = ("pyproject.toml", "setup.py", "README.md", "amqpd", "exchanges")
 USER, PASSWORD = "wheel-test", "wheel-test-secret"
 
 pytestmark = pytest.mark.timeout(600)
@@ -94,7 +94,7 @@ def test_image_entrypoint_from_the_installed_wheel(tmp_path: Path) -> None:
         source = REPO_ROOT / name
         if source.is_dir():
             shutil.copytree(source, context / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
         else:
             shutil.copy2(source, context / name)
     wheels = tmp_path / "wheels"

@@ -11,7 +11,6 @@ untouched; a queue that lives less than one interval is not counted.
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
@@ -71,9 +70,9 @@ class Rates:
         # Counters computed by the caller at sample time (churn: closed = created - open).
         self.extra = extra
         self.global_ring: deque[Sample] = deque(maxlen=RING_SIZE)
-        self.queue_rings: weakref.WeakKeyDictionary[Queue, deque[Sample]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # A plain dict pruned to the live queues at every sample (a compiled queue takes no
+        # weak reference); _seen_queues holds a deleted one for an interval anyway.
+        self.queue_rings: dict[Queue, deque[Sample]] = {}
         # Strong references for one interval: a deleted queue must still be here to be
         # counted at the next sample.
         self._seen_queues: set[Queue] = set()
@@ -107,6 +106,8 @@ class Rates:
                 depth = queue.message_count
                 ready_total += depth
                 ring.append((now, {**queue_counts(queue), DEPTH: depth}))
+        for gone in [queue for queue in self.queue_rings if queue not in live]:
+            del self.queue_rings[gone]
         if self._started:
             self.queue_created += sum(1 for queue in live if queue not in self._seen_queues)
             self.queue_deleted += sum(1 for queue in self._seen_queues if queue not in live)

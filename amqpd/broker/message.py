@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pamqp import commands
 
@@ -149,9 +149,10 @@ class QueueEntry:
     ``x-delivery-limit`` is compared with and what ``x-delivery-count`` reports.
     """
 
-    READY = EntryState.READY
-    DELIVERED = EntryState.DELIVERED
-    GONE = EntryState.GONE
+    # ClassVar: class attributes (mypyc would take a bare assignment for an instance default).
+    READY: ClassVar[EntryState] = EntryState.READY
+    DELIVERED: ClassVar[EntryState] = EntryState.DELIVERED
+    GONE: ClassVar[EntryState] = EntryState.GONE
 
     __slots__ = ("delivered_at", "delivery_count", "enqueued_at", "expires_at", "message",
                  "redelivered", "seq", "state")

@@ -10,8 +10,8 @@ Theory of operation:
   ``x-delivery-limit`` allows, in which case it is dead-lettered.
 - ``consumers`` is a ring; ``dispatch`` gives each message to the next consumer in the ring
   with credit, so competing consumers are served round-robin. With single-active-consumer
-  only the first consumer in the ring receives. Consumer priorities (x-priority) swap in
-  ``ConsumerRanks.next`` for ``_next_consumer`` while some consumer has one.
+  only the first consumer in the ring receives. Consumer priorities (x-priority) hand the
+  choice to ``ConsumerRanks.next`` while some consumer has one.
 - A priority queue (x-max-priority) is the subclass ``priority_queue.PriorityQueue``,
   chosen at declare time, whose ready entries are priority lanes instead of the deque.
 - Dispatch is synchronous and runs whenever something may have changed: a publish, an ack
@@ -107,8 +107,8 @@ class Queue:
         self.ready: ReadyEntries = deque()
         self.consumers: deque[QueueConsumer] = deque()
         # Consumer priorities (x-priority), ranked only while some consumer has one: then
-        # ``_next_consumer`` is replaced on the instance by ``ConsumerRanks.next``, so the
-        # plain ring stays as fast as it was (see add_consumer).
+        # ``_next_consumer`` asks ``ConsumerRanks.next``; otherwise the plain ring decides
+        # (see add_consumer).
         self._ranks: ConsumerRanks | None = None
         self.tombstones = 0
         self.ready_bytes = 0
@@ -327,6 +327,11 @@ class Queue:
         return None
 
     def _next_consumer(self) -> QueueConsumer | None:
+        # A branch, not a method shadowed on the instance: compiled (mypyc) queues have no
+        # instance __dict__.
+        ranks = self._ranks
+        if ranks is not None:
+            return ranks.next()
         consumers = self.consumers
         if len(consumers) == 1 or self.policy.single_active_consumer:
             active = consumers[0]
@@ -526,10 +531,6 @@ class Queue:
                 for other in self.consumers:
                     if other is not consumer:
                         ranks.add(other, 0)
-                # Shadow the method on this instance only: queues whose consumers all
-                # have the default priority never pay for ranking. ranks.next holds no
-                # reference to the queue, so this makes no reference cycle.
-                vars(self)["_next_consumer"] = ranks.next
             ranks.add(consumer, priority)
         self.had_consumers = True
         self.last_used = time.monotonic()
@@ -555,7 +556,6 @@ class Queue:
     def _unrank(self) -> None:
         """Back to the plain round-robin ring (the ring kept every consumer in join order)."""
         self._ranks = None
-        vars(self).pop("_next_consumer", None)
 
     def on_deleted(self) -> None:
         """The queue is gone: every ready message leaves with it."""

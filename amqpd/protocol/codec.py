@@ -463,14 +463,18 @@ def _skip_value(data: bytes, offset: int, depth: int) -> int:
     raise ValueError(f"unknown field value type {bytes((kind,))!r}")
 
 
-class _DeclareOk(commands.Queue.DeclareOk):
-    def validate(self) -> None:
-        """pamqp checks the name against an ASCII pattern; the broker already accepted it."""
+def _accept() -> None:
+    """A validate() that accepts: see :func:`queue_declare_ok`."""
 
 
-class _Return(commands.Basic.Return):
-    def validate(self) -> None:
-        """As :class:`_DeclareOk`, for the exchange name."""
+def _unchecked(method: Method, **fields: object) -> Any:
+    """``method`` with ``fields`` set and pamqp's validation switched off for this object.
+    Not a subclass: this module may be compiled with mypyc, and a compiled class cannot
+    derive from pamqp's."""
+    for name, value in fields.items():
+        setattr(method, name, value)
+    setattr(method, "validate", _accept)  # noqa: B010 - an instance attribute, on purpose
+    return method
 
 
 def queue_declare_ok(
@@ -480,11 +484,18 @@ def queue_declare_ok(
     builds and when it encodes, against an ASCII pattern (``[a-zA-Z0-9-_.:@#,/+ ]``) meant
     for what a client sends and that RabbitMQ does not have: a client declaring
     ``очередь`` or ``jobs[1]`` would get 541 instead of its declare-ok."""
-    return _DeclareOk(queue, message_count, consumer_count)
+    method = commands.Queue.DeclareOk.__new__(commands.Queue.DeclareOk)
+    declare_ok: commands.Queue.DeclareOk = _unchecked(
+        method, queue=queue, message_count=message_count, consumer_count=consumer_count)
+    return declare_ok
 
 
 def basic_return(
     reply_code: int, reply_text: str, exchange: str, routing_key: str
 ) -> commands.Basic.Return:
     """basic.return for any exchange name (see :func:`queue_declare_ok`)."""
-    return _Return(reply_code, reply_text, exchange, routing_key)
+    method = commands.Basic.Return.__new__(commands.Basic.Return)
+    returned: commands.Basic.Return = _unchecked(
+        method, reply_code=reply_code, reply_text=reply_text, exchange=exchange,
+        routing_key=routing_key)
+    return returned

@@ -33,7 +33,6 @@ from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.session import reply_to
 from amqpd.session.consumer import Consumer
 from amqpd.session.declarations import DeclarationMethods
-from amqpd.session.transactions import TransactionMethods
 
 if TYPE_CHECKING:
     from amqpd.session.connection import Connection
@@ -80,7 +79,7 @@ def parse_expiration(value: object) -> int:
                        60, 40)
 
 
-class Channel(DeclarationMethods, TransactionMethods):
+class Channel(DeclarationMethods):  # and TransactionMethods, its base
     """State and handlers of one channel of a connection."""
 
     def __init__(self, connection: Connection, channel_id: int):

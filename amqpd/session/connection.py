@@ -479,7 +479,9 @@ class Connection:
 
     def _on_start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = dict(method.client_properties or {})
-        response = method.response
+        # Not method.response: pamqp types it str but gives bytes when it is not UTF-8, and
+        # compiled (mypyc) code checks the declared type on access -- a 541 (the fuzzer).
+        response: str | bytes = getattr(method, "response", b"")
         raw = response.encode("latin-1") if isinstance(response, str) else bytes(response or b"")
         host = self.peer[0] if self.peer else None
         try:

@@ -7,7 +7,7 @@ state stays in ``channel.py``. Permission checks come before existence checks, a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pamqp import commands
 
@@ -16,16 +16,16 @@ from amqpd.broker.vhost import generate_name
 from amqpd.protocol import codec
 from amqpd.protocol.errors import ChannelError
 from amqpd.session import reply_to
-
-if TYPE_CHECKING:
-    from amqpd.session.connection import Connection
+from amqpd.session.transactions import TransactionMethods
 
 
-class DeclarationMethods:
-    """exchange.* and queue.* handlers (``on_<class>_<method>``)."""
+class DeclarationMethods(TransactionMethods):
+    """exchange.* and queue.* handlers (``on_<class>_<method>``).
 
-    connection: Connection
-    id: int
+    Stacked on :class:`TransactionMethods` (one chain, the same method order as before)
+    because mypyc compiles single inheritance only; ``connection`` and ``id`` come from there.
+    """
+
     #: Consumer tags of this channel cancelled by the queue.delete it is running; None
     #: outside one (see ``on_queue_delete``).
     deferred_cancels: list[str] | None = None

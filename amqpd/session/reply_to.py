@@ -171,7 +171,7 @@ def declare(channel: Channel, method: commands.Queue.Declare) -> None:
         if consumer is None or not _reachable(consumer.channel, channel):
             raise ChannelError(404, f"no queue '{name}' in vhost '{channel.vhost.name}'")
     if not method.nowait:
-        channel.connection.write_method(channel.id, commands.Queue.DeclareOk(name, 0, 1))
+        channel.connection.write_method(channel.id, codec.queue_declare_ok(name, 0, 1))
 
 
 def is_reply_queue(name: str, passive: bool) -> bool:

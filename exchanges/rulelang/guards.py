@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from exchanges.rulelang.predicates import value_key
 from exchanges.rulelang.syntax import (
     HEADERS,
@@ -42,22 +44,26 @@ from exchanges.rulelang.syntax import (
 from exchanges.words import is_wildcard, split_words
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class RoutingKeyGuard:
     keys: frozenset[str]
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class RoutingKeyPatternGuard:
     pattern: tuple[str, ...]  # split into words
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class HeaderValueGuard:
     name: str
     keys: frozenset[Hashable]
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class HeaderGuard:
     name: str

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from exchanges.rulelang.errors import RuleError
 
 NAME, STRING, NUMBER, OP, PUNCT, END = "name", "string", "number", "op", "punct", "end"
@@ -22,6 +24,7 @@ _PUNCTUATION = "()[],."
 _WHITESPACE = " \t\r\n"
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Token:
     kind: str

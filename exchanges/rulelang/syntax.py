@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from exchanges.rulelang.lexer import is_name
 
 Literal = str | int | float | bool
@@ -17,6 +19,7 @@ Literal = str | int | float | bool
 ROUTING_KEY, HEADERS, PROPERTIES = "routing_key", "headers", "properties"
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Field:
     """``routing_key`` (name ""), ``headers.NAME`` or ``properties.NAME``."""
@@ -25,6 +28,7 @@ class Field:
     name: str = ""
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Compare:
     field: Field
@@ -32,33 +36,39 @@ class Compare:
     value: Literal
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class In:
     field: Field
     values: tuple[Literal, ...]
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Glob:
     field: Field
     pattern: str
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Exists:
     field: Field
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Not:
     operand: Expr
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class And:
     operands: tuple[Expr, ...]  # two or more
 
 
+@mypyc_attr(native_class=False)  # mypyc: a dataclass with slots=True stays a Python class
 @dataclass(frozen=True, slots=True)
 class Or:
     operands: tuple[Expr, ...]  # two or more

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp.commands import Basic
 
+import exchanges.rules
 from exchanges import PreconditionFailed, get_exchange_type
 from exchanges.rulelang import (
     MAX_DEPTH,
@@ -378,6 +379,11 @@ class CountingPredicate:
         return bool(self.inner.test(context))
 
 
+@pytest.mark.skipif(
+    not exchanges.rules.__file__.endswith(".py"),
+    reason="swaps in a duck-typed predicate, which mypyc-compiled code refuses by type; "
+    "the pure-Python run covers it",
+)
 def test_identical_rules_share_one_compiled_rule_evaluated_once() -> None:
     ex: RulesExchange[str] = RulesExchange({})
     ex.bind("q1", "", {"x-rule": "headers.a == 1"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import struct
+import warnings
 from collections.abc import Callable, Sequence
 
 from pamqp import commands
@@ -250,7 +251,9 @@ def _any_method(a: int, channel: int) -> bytes:
     indexes = sorted(commands.INDEX_MAPPING)
     factory = commands.INDEX_MAPPING[indexes[a % len(indexes)]]
     try:
-        value = factory()
+        with warnings.catch_warnings():  # pamqp warns about the deprecated ones; sent anyway
+            warnings.simplefilter("ignore", DeprecationWarning)
+            value = factory()
         return method(channel, value)
     except Exception:  # some pamqp classes cannot encode their defaults; send the ids alone
         return raw_frame(1, channel, struct.pack(">I", indexes[a % len(indexes)]))

@@ -190,3 +190,16 @@ def test_deeply_nested_binding_arguments_are_502() -> None:
     ((_, bind_ok),) = peer.send_raw(mutations.raw_frame(1, 1, bind[: -len(_nested(250))]
                                                         + _nested(100)))
     assert isinstance(bind_ok, commands.Queue.BindOk)  # 100 levels are still fine
+
+
+def test_a_start_ok_response_that_is_not_utf8_is_a_refused_login() -> None:
+    """pamqp hands a long string that is not UTF-8 over as bytes although it types it str;
+    the mypyc-compiled connection checked the declared type on access: 541."""
+    peer = Peer()
+    peer.send_raw(mutations.PROTOCOL_HEADER)
+    client_properties = b"\x00\x00\x00\x00"  # an empty table: no authentication_failure_close
+    response = b"\x00guest\x00\xff\xfe"
+    start_ok = (b"\x00\x0a\x00\x0b" + client_properties + b"\x05PLAIN"
+                + len(response).to_bytes(4, "big") + response + b"\x05en_US")
+    assert peer.send_raw(mutations.raw_frame(1, 0, start_ok)) == []  # refused: just closed
+    assert peer.connection.finished
