@@ -32,11 +32,17 @@ CHURN_COUNTERS = (
 class BrokerCounters:
     """Plain ints that only grow; read them, never reset them."""
 
-    __slots__ = MESSAGE_COUNTERS + CHURN_COUNTERS
+    __slots__ = (*MESSAGE_COUNTERS, *CHURN_COUNTERS, "size_counts", "size_sum")
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in MESSAGE_COUNTERS + CHURN_COUNTERS:
             setattr(self, name, 0)
+        # Published body sizes: size_counts[k] counts bodies with 2**(k-1) < size <= 2**k
+        # (index ``(size - 1).bit_length()``, one list increment per publish), so a
+        # histogram with power-of-two buckets -- RabbitMQ's are 64, 256, ... 256 MiB -- is
+        # exact at scrape time.
+        self.size_counts: list[int] = [0] * 64
+        self.size_sum = 0
 
     publish: int
     confirm: int
@@ -52,6 +58,11 @@ class BrokerCounters:
     connection_created: int
     channel_created: int
 
+    def size_buckets(self, bounds: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(bound, bodies of at most ``bound`` bytes) for power-of-two ``bounds``."""
+        counts = self.size_counts
+        return [(bound, sum(counts[: bound.bit_length()])) for bound in bounds]
+
     def snapshot(self) -> dict[str, int]:
         """Every counter by name (a copy)."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in MESSAGE_COUNTERS + CHURN_COUNTERS}

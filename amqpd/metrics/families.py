@@ -73,6 +73,8 @@ _RAW_FAMILIES = DETAILED_FAMILIES - {"vhost_status", "exchange_bindings", "excha
                                      "queue_consumer_count"}
 
 Row = tuple[tuple[str, ...], float]
+#: RabbitMQ's buckets of rabbitmq_message_size_bytes: 64 bytes to 256 MiB, powers of four.
+SIZE_BUCKETS = tuple(64 * 4**n for n in range(12))
 
 
 @dataclass(slots=True)
@@ -306,6 +308,11 @@ def _global_counters(state: LiveState, queues: list[Queue]) -> Iterator[Metric]:
     gauge.add_metric([PROTOCOL], consumers)
     yield gauge
     unroutable = stats.return_unroutable + stats.drop_unroutable
+    sizes = HistogramMetricFamily("rabbitmq_message_size_bytes",
+                                  "Size of messages received from publishers", labels=protocol)
+    buckets = [(str(float(bound)), count) for bound, count in stats.size_buckets(SIZE_BUCKETS)]
+    sizes.add_metric([PROTOCOL], [*buckets, ("+Inf", stats.publish)], stats.size_sum)
+    yield sizes
     yield counter("received_total", "Total number of messages received from publishers",
                   stats.publish)
     # amqpd does not count publishes on confirm-mode channels apart: every one of them is

@@ -227,7 +227,10 @@ class Channel(DeclarationMethods):  # and TransactionMethods, its base
                     f"'{self.connection.user_name}'",
                     60, 40,
                 )
-        self.stats.publish += 1
+        stats = self.stats
+        stats.publish += 1
+        stats.size_counts[(len(body) - 1).bit_length()] += 1  # rabbitmq_message_size_bytes
+        stats.size_sum += len(body)
         if self.confirm_mode:
             self._publish_seq += 1
         if fields.exchange == LEASE_EXCHANGE:
