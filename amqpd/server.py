@@ -23,7 +23,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -239,6 +239,13 @@ class Server:
 
     async def serve(self) -> None:
         """Listen, serve and return after a graceful shutdown (SIGTERM/SIGINT)."""
+        # The signals are caught before "listening" is announced: a supervisor (or a test)
+        # that stops the broker right after that line must get the graceful shutdown, not
+        # the default action of SIGTERM.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await self._serve(signals)
+
+    async def _serve(self, signals: AsyncIterator[int]) -> None:
         settings = self.broker.settings
         listener = await tcp_listener(settings.host, settings.port)
         addresses = _addresses(listener)
@@ -264,7 +271,7 @@ class Server:
             prometheus = self._prometheus()
             if prometheus is not None:
                 task_group.start_soon(prometheus.serve, self.on_prometheus_listening)
-            await self._wait_for_signal()
+            await self._wait_for_signal(signals)
             if management is not None:
                 management.stop()
             if prometheus is not None:
@@ -298,17 +305,16 @@ class Server:
         return open_prometheus(state, settings.prometheus_host, settings.prometheus_port,
                                self.commit_stats)
 
-    async def _wait_for_signal(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    from amqpd.topology.reload import reload
+    async def _wait_for_signal(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                from amqpd.topology.reload import reload
 
-                    LOGGER.info("received SIGHUP, reloading the configuration")
-                    reload(self.broker)  # logs and never raises; all or nothing
-                    continue
-                LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
-                return
+                LOGGER.info("received SIGHUP, reloading the configuration")
+                reload(self.broker)  # logs and never raises; all or nothing
+                continue
+            LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
+            return
 
     async def shutdown(self, listener: MultiListener[SocketStream]) -> None:
         """Stop accepting, close every connection with 320, wait briefly for them to flush."""

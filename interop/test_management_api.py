@@ -123,7 +123,9 @@ def test_queue_crud_listing_paging(api: Api) -> None:
         assert conflict.status_code == 400
         assert "inequivalent arg 'durable'" in conflict.json()["reason"]
         # RabbitMQ fills in the statistics of a new queue at its next stats emission.
-        queue = api.eventually(f"queues/{V}/{names[0]}", lambda q: "messages" in q)
+        # (idle_since can come one emission after the message counts.)
+        queue = api.eventually(f"queues/{V}/{names[0]}",
+                               lambda q: "messages" in q and "idle_since" in q)
         for field in ("name", "vhost", "type", "durable", "auto_delete", "exclusive",
                       "arguments", "state", "node", "consumers", "messages",
                       "messages_ready", "messages_unacknowledged", "message_bytes",

@@ -310,7 +310,10 @@ def test_state_and_counters_after_pika_traffic(target: Target) -> None:
         assert delta("rabbitmq_connections_opened_total") == 1
         assert delta("rabbitmq_channels_opened_total") == 2
         assert value(totals, "rabbitmq_global_consumers", **proto) >= 1
-        assert value(totals, "rabbitmq_global_publishers", **proto) >= 1
+        # RabbitMQ 3.10's own gauge drifts below zero once many publishers have come and
+        # gone (seen after the whole interop suite: -364); only amqpd's is checked.
+        if target.amqpd:
+            assert value(totals, "rabbitmq_global_publishers", **proto) >= 1
         assert value(totals, "rabbitmq_connections") >= 1
         assert returned == [b"x"] or not returned  # pika raises and may also call back
         assert "rabbitmq_queues_created" in before_families
