@@ -14,11 +14,9 @@ more until its writer drains it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import itertools
 import logging
-import resource
 import signal
 import ssl
 import sys
@@ -39,6 +37,7 @@ from amqpd.admin.readmodel import Listener, LiveState
 from amqpd.broker.broker import Broker
 from amqpd.broker.paging import FILENAME as PAGING_FILENAME
 from amqpd.broker.persistence import PersistentJournal, recover
+from amqpd.listeners import addresses, host_port, raise_open_files_limit, tcp_listener
 from amqpd.metrics.app import PrometheusServer, open_prometheus
 from amqpd.metrics.commits import CommitStats
 from amqpd.protocol.constants import CONNECTION_FORCED
@@ -230,10 +229,10 @@ class Server:
             return None
         context = server_context(settings)
         listener = await tcp_listener(settings.tls_host or settings.host, settings.tls_port)
-        addresses = _addresses(listener)
-        self.tls_bound = addresses[0]
+        bound = addresses(listener)
+        self.tls_bound = bound[0]
         if self.on_tls_listening is not None:
-            for host, port in addresses:
+            for host, port in bound:
                 self.on_tls_listening(host, port)
         return listener, context
 
@@ -248,10 +247,10 @@ class Server:
     async def _serve(self, signals: AsyncIterator[int]) -> None:
         settings = self.broker.settings
         listener = await tcp_listener(settings.host, settings.port)
-        addresses = _addresses(listener)
-        self.bound = addresses[0]
+        bound = addresses(listener)
+        self.bound = bound[0]
         if self.on_listening is not None:
-            for host, port in addresses:  # IPv4 first: scripts read the first line
+            for host, port in bound:  # IPv4 first: scripts read the first line
                 self.on_listening(host, port)
         tls = await self._listen_tls()
         async with anyio.create_task_group() as task_group:
@@ -546,49 +545,6 @@ class Server:
                 session.wake()
 
 
-async def tcp_listener(host: str, port: int) -> MultiListener[SocketStream]:
-    """A listener on ``host``; two names mean more than one address. ``localhost`` is
-    127.0.0.1 and ::1 on one port, whatever the resolver says (Node, Java and Go clients
-    try ::1 first where /etc/hosts has it, and were refused). ``::`` is every address of
-    both families: anyio makes an explicit ``::`` IPv6-only, and no host dual-stack."""
-    if host == "::":
-        return await anyio.create_tcp_listener(local_port=port, reuse_port=False)
-    if host != "localhost":
-        return await anyio.create_tcp_listener(local_host=host, local_port=port,
-                                               reuse_port=False)
-    for _ in range(10):
-        ipv4 = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port,
-                                               reuse_port=False)
-        bound = ipv4.extra(SocketAttribute.local_port)
-        try:
-            ipv6 = await anyio.create_tcp_listener(local_host="::1", local_port=bound,
-                                                   reuse_port=False)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:  # no IPv6 here (disabled, no ::1)
-                LOGGER.warning("localhost is 127.0.0.1 only: cannot listen on ::1: %s", exc)
-                return ipv4
-            await ipv4.aclose()
-            if port:
-                raise
-            continue  # --port 0: the port 127.0.0.1 got is taken on ::1; take another
-        return MultiListener([*ipv4.listeners, *ipv6.listeners])
-    raise OSError(errno.EADDRINUSE, "no port free on both 127.0.0.1 and ::1")
-
-
-def _addresses(listener: MultiListener[SocketStream]) -> list[tuple[str, int]]:
-    """(host, port) of each socket of a listener."""
-    addresses = []
-    for socket_listener in listener.listeners:
-        address = socket_listener.extra(SocketAttribute.local_address)
-        assert isinstance(address, tuple)
-        addresses.append((str(address[0]), int(address[1])))
-    return addresses
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def open_and_recover(
     broker: Broker, opener: Callable[[Path], Store] = open_store
 ) -> Store:
@@ -617,26 +573,6 @@ def open_and_recover(
     return store
 
 
-def raise_open_files_limit() -> int:
-    """Raise the soft limit of open files to the hard limit (as Go's runtime does): the
-    default soft limit of 1024 would turn a thousand idle or half-open sockets into
-    EMFILE on accept. Returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            LOGGER.info("open files limit raised from %d to %d", soft, wanted)
-            soft = wanted
-        except (ValueError, OSError) as exc:
-            LOGGER.warning("cannot raise the open files limit from %d: %s", soft, exc)
-    else:
-        # Said either way: "how many connections can this broker hold" starts here.
-        LOGGER.info("open files limit %s (already the hard limit)",
-                    "unlimited" if soft == resource.RLIM_INFINITY else soft)
-    return soft
-
-
 def run(
     broker: Broker,
     configure: Callable[[Broker], object] | None = None,
@@ -650,7 +586,7 @@ def run(
 
     def announce(host: str, port: int) -> None:
         # Scripts and test fixtures wait for exactly this line.
-        print(f"amqpd listening on {_host_port(host, port)}", flush=True)  # noqa: T201
+        print(f"amqpd listening on {host_port(host, port)}", flush=True)  # noqa: T201
 
     raise_open_files_limit()
     try:
@@ -679,7 +615,7 @@ def run(
     gc.set_threshold(*_GC_THRESHOLDS)
 
     def announce_tls(host: str, port: int) -> None:
-        print(f"amqpd listening on {_host_port(host, port)} (tls)", flush=True)  # noqa: T201
+        print(f"amqpd listening on {host_port(host, port)} (tls)", flush=True)  # noqa: T201
 
     server.on_tls_listening = announce_tls
 
@@ -689,7 +625,7 @@ def run(
     server.on_management_listening = announce_management
 
     def announce_prometheus(host: str, port: int) -> None:
-        line = f"amqpd prometheus listening on {_host_port(host, port)}"
+        line = f"amqpd prometheus listening on {host_port(host, port)}"
         print(line, flush=True)  # noqa: T201
 
     server.on_prometheus_listening = announce_prometheus

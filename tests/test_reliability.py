@@ -22,7 +22,7 @@ from pika.exceptions import NackError
 from amqpd.broker.broker import DISK, MEMORY, Broker, blocked_reason
 from amqpd.cli import ping
 from amqpd.config.settings import Settings
-from amqpd.server import raise_open_files_limit
+from amqpd.listeners import raise_open_files_limit
 
 from .broker_process import BrokerProcess
 

@@ -12,7 +12,7 @@ from pamqp import commands, frame
 
 from amqpd.broker.broker import Broker
 from amqpd.config.settings import Settings
-from amqpd.server import tcp_listener
+from amqpd.listeners import tcp_listener
 
 from .amqp_client import Peer
 
