@@ -43,7 +43,6 @@ from amqpd.admin.readmodel import (
     sessions,
     unacked_by_queue,
 )
-from amqpd.admin.readmodel import _has_credit as has_credit
 from amqpd.admin.routes import Route, route
 from amqpd.broker.message import QueueEntry
 from amqpd.broker.queue import Queue
@@ -147,7 +146,7 @@ def _rate(name: str) -> KeyFunction:
 def _capacity(state: LiveState, queue: Queue, unacked: Unacked, now: float) -> float:
     # The API's consumer_capacity, without rendering the whole queue.
     consumers = list(queue.consumers)
-    return sum(1 for c in consumers if has_credit(c)) / len(consumers) if consumers else 0.0
+    return sum(1 for c in consumers if c.has_credit()) / len(consumers) if consumers else 0.0
 
 
 #: The sort columns of the queue listing (the API's names) and how to read each cheaply.
@@ -227,7 +226,7 @@ def _consumer_item(state: LiveState, consumer: Any) -> dict[str, Any]:
         "unacked": consumer.unacked,
         "priority": (consumer.arguments or {}).get("x-priority", 0),
         "exclusive": consumer.exclusive,
-        "can_take": has_credit(consumer),
+        "can_take": consumer.has_credit(),
     }
 
 

@@ -208,7 +208,7 @@ def consumer_json(state: LiveState, connection: Connection, channel: Channel,
         "prefetch_count": consumer.prefetch_count,
         "arguments": consumer.arguments,
         "active": True,
-        "activity_status": "up" if _has_credit(consumer) else "waiting",
+        "activity_status": "up" if consumer.has_credit() else "waiting",
     }
 
 
@@ -217,20 +217,6 @@ def sessions(state: LiveState) -> Iterator[tuple[Connection, Channel]]:
     for connection in state.open_connections():
         for channel in channels_of(connection):
             yield connection, channel
-
-
-def _has_credit(consumer: Any) -> bool:
-    """Whether a consumer could take a message now -- read-only (``can_take`` marks a
-    congested connection as held back, which a monitoring read must not do)."""
-    channel = consumer.channel
-    if not channel.active or channel.connection.congested:
-        return False
-    if consumer.no_ack:
-        return True
-    if consumer.prefetch_count and consumer.unacked >= consumer.prefetch_count:
-        return False
-    limit = channel.global_prefetch_count
-    return not (limit and channel.unacked_count >= limit)
 
 
 # -- topology ------------------------------------------------------------------------------
@@ -246,7 +232,7 @@ def queue_json(
     consumers = list(queue.consumers)
     # Consumer utilisation here: the share of the queue's consumers that have credit now
     # (1.0 = every consumer could take a message immediately; 0 without consumers).
-    capacity = (sum(1 for c in consumers if _has_credit(c)) / len(consumers)) if consumers \
+    capacity = (sum(1 for c in consumers if c.has_credit()) / len(consumers)) if consumers \
         else 0.0
     item: dict[str, Any] = {
         "name": queue.name,

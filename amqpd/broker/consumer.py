@@ -36,6 +36,9 @@ class QueueConsumer(Protocol):
     def can_take(self) -> bool:
         """Whether one more delivery may go to this consumer now (credit, flow, output)."""
 
+    def has_credit(self) -> bool:
+        """The same answer as ``can_take`` without its side effects (monitoring reads it)."""
+
     def deliver(self, entry: QueueEntry) -> None:
         """Send ``entry`` to the client; the queue has already marked it delivered."""
 

@@ -63,11 +63,18 @@ class Consumer:
         taken, so a refusal never leaves one of them half-charged.
         """
         channel = self.channel
-        if not channel.active:
-            return False
         connection = channel.connection
-        if connection.congested:
+        if connection.congested and channel.active:
             connection.held_back = True  # the shell calls on_drained once output drains
+            return False
+        return self.has_credit()
+
+    def has_credit(self) -> bool:
+        """Whether a delivery could go to this consumer now, without side effects (the
+        management API and the dashboard read it; ``can_take`` also notes a congested
+        connection so that its deliveries resume once the output drains)."""
+        channel = self.channel
+        if not channel.active or channel.connection.congested:
             return False
         if self.no_ack:
             return True
