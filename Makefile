@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit interop test-rabbitmq test-crash bench clean
+.PHONY: run test lint typecheck unit interop test-rabbitmq test-crash bench bench-api-poll clean
 .PHONY: fuzz soak
 .PHONY: compile clean-compiled test-pure test-compiled
 .PHONY: image-test
@@ -110,7 +110,7 @@ test-rabbitmq: $(STAMP) $(NODE_STAMP)
 
 # The kill -9 crash test, many rounds (make test runs two of each).
 test-crash: $(STAMP)
-	AMQPD_CRASH_ROUNDS=$${AMQPD_CRASH_ROUNDS:-50} $(BIN)/python -m pytest -q tests/test_crash.py
+	AMQPD_CRASH_ROUNDS=$${AMQPD_CRASH_ROUNDS:-50} $(BIN)/python -m pytest -q tests/test_crash.py tests/test_stream_crash.py
 
 # Frame fuzzing of the sans-IO connection, long run (make test runs a few seconds of it):
 # FUZZ_FRAMES mutated frames, then frames/s and the findings; exit 1 when anything is found.
@@ -126,6 +126,11 @@ soak: $(STAMP)
 # scenario; the table goes to interop/results/. Not a test: timings never fail a build.
 bench: $(STAMP)
 	$(BIN)/python interop/bench_all.py --rounds 3
+
+# What a management API poll every second costs the AMQP hot path (publish, consume, end to
+# end with and without a polling process, interleaved on one broker; README, Management API).
+bench-api-poll: $(MYPYC_STAMP)
+	$(BIN)/python interop/bench_api_poll.py poll --start
 
 # Build the Dockerfile's image with buildah on a local Debian base and run it: pika, the
 # HEALTHCHECK, SIGTERM drain (root; installs buildah and debootstrap when missing).

@@ -243,7 +243,7 @@ def _read_method(sock: socket.socket, reader: FrameReader) -> object:
         try:
             for frame_type, _, payload in reader.frames():
                 if frame_type == FRAME_METHOD:
-                    return codec.decode_method(payload)
+                    return codec.decode_method(bytes(payload))  # method payloads are bytes: no copy
         except AMQPError as exc:
             raise PingError(f"the broker sent bad framing: {exc.detail}") from exc
         data = sock.recv(65536)

@@ -30,6 +30,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from amqpd import listeners
 from amqpd.access.tls import peer_common_name, server_context
 from amqpd.admin.app import ManagementServer, open_management
 from amqpd.admin.rates import Rates
@@ -37,11 +38,19 @@ from amqpd.admin.readmodel import Listener, LiveState
 from amqpd.broker.broker import Broker
 from amqpd.broker.paging import FILENAME as PAGING_FILENAME
 from amqpd.broker.persistence import PersistentJournal, recover
-from amqpd.listeners import addresses, host_port, raise_open_files_limit, tcp_listener
+from amqpd.listeners import (
+    addresses,
+    host_port,
+    raise_open_files_limit,
+    send_buffers,
+    tcp_listener,
+)
 from amqpd.metrics.app import PrometheusServer, open_prometheus
 from amqpd.metrics.commits import CommitStats
 from amqpd.protocol.constants import CONNECTION_FORCED
-from amqpd.session.connection import Connection
+from amqpd.session import trace
+from amqpd.session.connection import Connection, ConnectionState
+from amqpd.session.trace import TRACING
 from amqpd.store import Store, StoreError, StoreFullError, open_store
 from amqpd.store.policy_file import FILENAME as POLICY_FILENAME
 from amqpd.store.policy_file import read_policies
@@ -52,6 +61,11 @@ from amqpd.topology.access_file import restore_access
 LOGGER = logging.getLogger(__name__)
 
 _RECEIVE_SIZE = 64 * 1024
+# While a large frame (16 KiB+) is incomplete, reads may be up to this size (uvloop reads
+# 256,000 bytes at most): a read cut in two is a copy of its tail, and a large body takes
+# fewer loop turns. Small frames keep 64 KiB reads (larger batches of publishes per read
+# slowed end to end).
+_RECEIVE_SIZE_LARGE = 1024 * 1024
 LIVE_TOPOLOGY_FILENAME = "topology.live.yaml"
 _ACCEPT_ERRORS_BACKOFF = 0.1
 # Seconds a publisher may be held back (per read) while consumers of a queue it feeds
@@ -74,8 +88,8 @@ _TICK_SLOTS = itertools.count()
 class Session:
     """A connection's socket plus the events that wake its writer and its reader."""
 
-    __slots__ = ("alarm_cleared", "connection", "drained", "finished_ticks", "scope", "stream",
-                 "tick_slot", "writable")
+    __slots__ = ("alarm_cleared", "connection", "drained", "finished_ticks", "handshake",
+                 "scope", "stream", "tick_slot", "writable")
 
     def __init__(
         self,
@@ -92,6 +106,8 @@ class Session:
         self.finished_ticks = 0
         # Which of the five 0.1 s rounds ticks this connection (see Server._tick).
         self.tick_slot = next(_TICK_SLOTS) % _TICK_ROUNDS
+        # Its place among the sockets in the handshake, given back at connection.open-ok.
+        self.handshake: listeners.HandshakeSlot | None = None
         connection.wakeup = self.wake
 
     def wake(self) -> None:
@@ -142,13 +158,17 @@ class Session:
         try:
             broker = connection.broker
             while not connection.finished:
-                data = await receive(_RECEIVE_SIZE)
+                data = await receive(_RECEIVE_SIZE_LARGE if connection.reader
+                                     .pending_frame_size > 16384 else _RECEIVE_SIZE)
                 if broker.alarms and connection.is_publisher:
                     # Memory or disk alarm: what a publisher sent waits, unprocessed, until
                     # both clear, and TCP pushes back; consumers' connections keep reading,
                     # so acks drain the queues.
                     await self.alarm_cleared()
                 connection.data_received(data)
+                if self.handshake is not None and connection.state is ConnectionState.OPEN:
+                    self.handshake.release()
+                    self.handshake = None
                 if connection.flow_queues:
                     # Flow control: give the consumers of the queues this publisher is
                     # outrunning the CPU until they catch up, for a few ms at most -- a
@@ -170,20 +190,22 @@ class Session:
 
     async def _write(self) -> None:
         connection = self.connection
-        send = self.stream.send
+        stream = self.stream
         while True:
-            if not connection.out:
+            if not connection.has_output:
                 if connection.finished:
                     return
                 self.writable = anyio.Event()
                 await self.writable.wait()
                 continue
-            data = connection.data_to_send()
+            buffers, connection.in_flight = connection.buffers_to_send()
             # Output counts against the high watermark until the socket took it, so a slow
-            # reader bounds what its consumers are sent (queued + in flight <= high).
-            connection.in_flight = len(data)
+            # reader bounds what its consumers are sent (queued + in flight <= high). Large
+            # bodies are buffers of their own, written without a copy (session/output.py).
             try:
-                await send(data)
+                await send_buffers(stream, buffers)
+                if TRACING:
+                    trace.written(connection)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 connection.connection_lost()
                 return
@@ -214,6 +236,8 @@ class Server:
         self._alarm_event = anyio.Event()
         self._live_topology_version = -1
         broker.add_alarm_listener(self._on_alarm)
+        self.handshakes = listeners.HandshakeLimits(broker.settings.max_handshakes_per_address,
+                                                    broker.settings.max_handshakes)
         self.bound: tuple[str, int] | None = None
         self.tls_bound: tuple[str, int] | None = None
         self.on_tls_listening: Callable[[str, int], None] | None = None
@@ -348,7 +372,12 @@ class Server:
                 LOGGER.warning("connection limit %s reached; refusing a connection", limit)
                 await stream.aclose()
                 continue
-            task_group.start_soon(self._handle, stream, ssl_context)
+            slot = self.handshakes.admit(listeners.peer_host(stream))
+            if slot is None:  # too many sockets in the handshake (logged by the limits)
+                with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+                    await stream.aclose()
+                continue
+            task_group.start_soon(self._handle, stream, ssl_context, slot)
 
     async def _tls_handshake(
         self, stream: SocketStream, context: ssl.SSLContext, peer: object
@@ -368,7 +397,18 @@ class Server:
         return wrapped, peer_common_name(wrapped.extra(TLSAttribute.ssl_object, None))
 
     async def _handle(
-        self, stream: SocketStream, ssl_context: ssl.SSLContext | None = None
+        self, stream: SocketStream, ssl_context: ssl.SSLContext | None = None,
+        handshake: listeners.HandshakeSlot | None = None,
+    ) -> None:
+        try:
+            await self._serve_socket(stream, ssl_context, handshake)
+        finally:
+            if handshake is not None:  # the socket went before connection.open-ok
+                handshake.release()
+
+    async def _serve_socket(
+        self, stream: SocketStream, ssl_context: ssl.SSLContext | None,
+        handshake: listeners.HandshakeSlot | None,
     ) -> None:
         # Nothing a single connection does may take the server down with it.
         try:
@@ -388,6 +428,7 @@ class Server:
             connection_stream,
             self._alarm_cleared,
         )
+        session.handshake = handshake
         self.sessions.add(session)
         try:
             await session.run()
@@ -532,6 +573,7 @@ class Server:
                 continue
             await self._write_live_topology()
             await self._check_disk()
+            self.broker.pager.retry()  # queue tails a failed paging write left in memory
 
     def _tick_connections(self, slot: int) -> None:
         for session in [s for s in self.sessions if s.tick_slot == slot]:
@@ -541,7 +583,7 @@ class Server:
                 session.finished_ticks += 1
                 if session.finished_ticks > _FINISHED_GRACE_TICKS:
                     session.abort()
-            if connection.out or connection.finished:
+            if connection.has_output or connection.finished:
                 session.wake()
 
 

@@ -29,6 +29,9 @@ Scenarios (256-byte bodies, fresh uniquely named queues, deleted afterwards):
   idle_connections  1,000 handshakes; connects/s and broker RSS per connection
   backlog           N queued messages: broker RSS per message, drain rate
   aiopika_publish   reference: a plain aio-pika publish loop
+  stream_publish[_4k], stream_consume_1/10
+                    streams: confirmed publish and disk footprint, reads from
+                    `first` by 1 / 10 consumers (see bench_streams.py)
 Default: publish publish_confirm consume e2e; --all: everything.
 
 CPU columns are in cores over the timed phase: the generator's own processes
@@ -59,16 +62,19 @@ from types import FrameType
 from typing import Any
 
 try:
-    from interop import bench_open_loop, loadgen
+    from interop import bench_open_loop, bench_streams, loadgen
     from interop import bench_scenarios as sc
 except ImportError:  # run as a script: interop/ itself is on sys.path
     import bench_open_loop  # type: ignore[no-redef]
     import bench_scenarios as sc  # type: ignore[no-redef]
+    import bench_streams  # type: ignore[no-redef]
     import loadgen  # type: ignore[no-redef]
 
 # One registry for the run: the classic scenarios and the open-loop/parallel/large ones.
 sc.SCENARIOS.update(bench_open_loop.SCENARIOS)
 sc.METRICS.update(bench_open_loop.METRICS)
+sc.SCENARIOS.update(bench_streams.SCENARIOS)
+sc.METRICS.update(bench_streams.METRICS)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Between runs, wait until the broker is idle (queue deletion, GC, a backlog

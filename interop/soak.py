@@ -87,7 +87,10 @@ class Amqpd:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "amqpd", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(Path(self.directory.name) / "data"), "--log-level", "info",
-             "--management-port", "0"],
+             "--management-port", "0",
+             # The soak client opens 200 connections at a time from one address: above the
+             # default limit of sockets in the handshake per address (64).
+             "--set", "listeners.max_handshakes_per_address=256"],
             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self.log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )

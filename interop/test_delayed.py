@@ -290,3 +290,105 @@ def test_restart_keeps_pending_persistent_messages(tmp_path: Path) -> None:
         connection.close()
     finally:
         assert broker.stop() == 0
+
+
+def test_exchange_to_exchange_arrivals_are_delayed(pika_conn: Any, names: Names,
+                                                   management_url: str) -> None:
+    """As the plugin (it delays in the exchange type's route callback): a message that
+    reaches a delayed exchange through an exchange-to-exchange binding is held there, while
+    the source's other destinations get it at once."""
+    channel = pika_conn.channel()
+    source, delayed = names.exchange(), names.exchange()
+    channel.exchange_declare(source, "direct")
+    declare_delayed(channel, delayed)
+    channel.exchange_bind(delayed, source, "k")
+    later = bound_queue(channel, names, delayed)
+    now = bound_queue(channel, names, source)
+    publish(channel, source, "m", 1000)
+    _method, properties, body = channel.basic_get(now, auto_ack=True)
+    assert (body, properties.headers) == (b"m", {"x-delay": 1000})  # untouched: not delayed
+    assert channel.queue_declare(later, passive=True).method.message_count == 0
+    info = management_get(management_url, f"exchanges/%2F/{quote(delayed, safe='')}")
+    assert info["messages_delayed"] == 1
+    got = collect(pika_conn, channel, later, 1)
+    assert [(b, h) for b, _, h in got] == [("m", {"x-delay": -1000})]
+
+
+def test_spent_delay_is_not_delayed_again_down_a_chain(pika_conn: Any, names: Names) -> None:
+    """delayed-1 -> delayed-2 -> queue: the message released by delayed-1 carries x-delay
+    negated, so delayed-2 routes it at once. "first" (300 ms through both) arrives before
+    "direct" (450 ms, published to delayed-2 just after); delayed twice, "first" would be
+    due 600 ms after its publish, after "direct"."""
+    channel = pika_conn.channel()
+    first, second = names.exchange(), names.exchange()
+    declare_delayed(channel, first)
+    declare_delayed(channel, second)
+    channel.exchange_bind(second, first, "k")
+    queue = bound_queue(channel, names, second)
+    publish(channel, first, "first", 300)
+    publish(channel, second, "direct", 450)
+    got = collect(pika_conn, channel, queue, 2)
+    assert [(b, h) for b, _, h in got] == [("first", {"x-delay": -300}),
+                                           ("direct", {"x-delay": -450})]
+
+
+def test_delayed_alternate_exchange_delays(pika_conn: Any, names: Names) -> None:
+    """A delayed exchange as alternate exchange holds what the first could not route (the
+    plugin's route callback runs for the alternate exchange too)."""
+    channel = pika_conn.channel()
+    unrouted, delayed = names.exchange(), names.exchange()
+    declare_delayed(channel, delayed)
+    channel.exchange_declare(unrouted, "direct", arguments={"alternate-exchange": delayed})
+    queue = bound_queue(channel, names, delayed)
+    publish(channel, unrouted, "m", 1000)
+    assert channel.queue_declare(queue, passive=True).method.message_count == 0
+    got = collect(pika_conn, channel, queue, 1)
+    assert [(b, h) for b, _, h in got] == [("m", {"x-delay": -1000})]
+
+
+def test_dead_letter_exchange_of_delayed_type_delays(pika_conn: Any, names: Names,
+                                                      management_url: str) -> None:
+    """A rejected message whose queue dead-letters into a delayed exchange is held there for
+    its x-delay (the plugin delays whatever its route callback sees, dead-lettered messages
+    included): the retry-after-a-pause pattern. The queue it lands in is empty until then."""
+    channel = pika_conn.channel()
+    delayed = names.exchange()
+    declare_delayed(channel, delayed)
+    retry = bound_queue(channel, names, delayed, key="work")
+    work = names.queue()
+    channel.queue_declare(work, arguments={"x-dead-letter-exchange": delayed,
+                                           "x-dead-letter-routing-key": "work"})
+    publish(channel, "", "job", 1000, key=work)
+    method, _properties, body = channel.basic_get(work)
+    assert body == b"job"
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    assert channel.queue_declare(retry, passive=True).method.message_count == 0
+    info = management_get(management_url, f"exchanges/%2F/{quote(delayed, safe='')}")
+    assert info["messages_delayed"] == 1
+    got = collect(pika_conn, channel, retry, 1)
+    assert [b for b, _, _ in got] == ["job"]
+    assert got[0][2]["x-delay"] == -1000
+    assert got[0][2]["x-death"][0]["reason"] == "rejected"
+
+
+def test_management_api_publish_is_delayed(pika_conn: Any, names: Names,
+                                           management_url: str) -> None:
+    """POST /api/exchanges/.../publish to a delayed exchange holds the message as a client's
+    publish would; the answer is ``routed: false`` (nothing routed now, as under the plugin)."""
+    channel = pika_conn.channel()
+    delayed = names.exchange()
+    declare_delayed(channel, delayed)
+    queue = bound_queue(channel, names, delayed)
+    parsed = urlparse(management_url)
+    request = urllib.request.Request(
+        f"{parsed.scheme}://{parsed.hostname}:{parsed.port}{parsed.path}"
+        f"exchanges/%2F/{quote(delayed, safe='')}/publish",
+        data=json.dumps({"routing_key": "k", "payload": "later", "payload_encoding": "string",
+                         "properties": {"headers": {"x-delay": 800}}}).encode(),
+        method="POST", headers={"content-type": "application/json",
+                                "Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})  # guest:guest
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read()) == {"routed": False}
+    assert channel.queue_declare(queue, passive=True).method.message_count == 0
+    got = collect(pika_conn, channel, queue, 1)
+    assert [(b, h) for b, _, h in got] == [("later", {"x-delay": -800})]

@@ -178,6 +178,71 @@ def test_queue_counts_follow_pika(api: Api, pika_conn: pika.BlockingConnection) 
         channel.queue_delete(name)
 
 
+def test_paged_listing_sorts_by_message_counts(
+    api: Api, pika_conn: pika.BlockingConnection
+) -> None:
+    prefix = unique("sorted")
+    counts = {f"{prefix}.a": 0, f"{prefix}.b": 3, f"{prefix}.c": 1}
+    channel = pika_conn.channel()
+    try:
+        for name, count in counts.items():
+            channel.queue_declare(name)
+            for _ in range(count):
+                channel.basic_publish("", name, b"m")
+        expected = sorted(counts, key=lambda name: -counts[name])
+        for sort in ("messages", "messages_ready"):
+            page = api.eventually(
+                f"queues/{V}?page=1&page_size=100&name={prefix}&sort={sort}&sort_reverse=true",
+                lambda body, sort=sort: [item.get(sort) for item in body["items"]] == [3, 1, 0])
+            assert [item["name"] for item in page["items"]] == expected
+            plain = api.get(f"queues/{V}", params={"sort": sort, "sort_reverse": "true"}).json()
+            assert [item["name"] for item in plain if item["name"] in counts] == expected
+    finally:
+        for name in counts:
+            channel.queue_delete(name)
+
+
+# *_details objects that describe a peer, not a rate (the same on RabbitMQ).
+_NOT_RATES = {"connection_details", "channel_details", "owner_pid_details",
+              "consumer_details", "exclusive_consumer_details"}
+
+
+def _rate_details(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, object) of every ``*_details`` object that is a rate, at any depth."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _rate_details(item, path + "[]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key.endswith("_details") and key not in _NOT_RATES:
+                yield f"{path}.{key}", item
+            else:
+                yield from _rate_details(item, f"{path}.{key}")
+
+
+def test_every_rate_details_object_carries_a_float_rate(
+    api: Api, pika_conn: pika.BlockingConnection
+) -> None:
+    name = unique("details")
+    channel = pika_conn.channel()
+    channel.queue_declare(name)
+    try:
+        channel.basic_publish("", name, b"m")
+        queue_path = f"queues/{V}/{quote(name, safe='')}"
+        api.eventually(queue_path, lambda q: "messages_details" in q)
+        found = set()
+        for path in ("overview", "queues", queue_path, "vhosts", f"vhosts/{V}", "nodes"):
+            for where, details in _rate_details(api.get(path).json(), path):
+                assert isinstance(details, dict) and isinstance(details.get("rate"), float), \
+                    f"{where}: {details!r}"
+                found.add(where.rsplit(".", 1)[1])
+        # The depth rates exist on queues, vhosts and the overview's queue_totals.
+        assert {"messages_details", "messages_ready_details",
+                "messages_unacknowledged_details", "publish_details"} <= found
+    finally:
+        channel.queue_delete(name)
+
+
 def test_exchange_binding_publish_get_purge(api: Api) -> None:
     exchange, queue = unique("x"), unique("q")
     try:

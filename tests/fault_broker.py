@@ -6,7 +6,10 @@ through files in the directory named by ``AMQPD_TEST_CONTROL``:
 - ``free_bytes``: when present, the free-space probe reads its number instead of statvfs;
 - ``fail``: while it holds ``enospc`` every store commit raises StoreFullError, while it
   holds ``eio`` StoreIOError -- in both cases before anything is written, like the real
-  SQLite store (a full disk rolls the transaction back; the double keeps EIO as simple).
+  SQLite store (a full disk rolls the transaction back; the double keeps EIO as simple);
+- ``paging``: while it holds ``enospc`` or ``eio`` every write to the paging file
+  (``paging.sqlite3``) fails the way SQLite reports them (sqlite3.OperationalError), before
+  anything is written; ``read-eio`` fails its reads instead.
 
 Everything else -- sockets, sessions, the real SQLite file underneath -- is the real broker.
 """
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
 import amqpd.broker.broker as broker_module
+import amqpd.broker.paging as paging
 import amqpd.server as server
 from amqpd.cli import main
 from amqpd.store import Batch, SQLiteStore, Store, StoreFullError, StoreIOError
@@ -56,10 +61,28 @@ def open_faulty(data_dir: Path) -> Store:
     return FaultyStore(Path(data_dir) / FILENAME)
 
 
+class FaultySpillFile(paging.SpillFile):
+    """The paging file, with writes or reads that fail on demand."""
+
+    def _insert(self, rows: list[paging._Row]) -> None:
+        fault = _control("paging")
+        if fault == "enospc":
+            raise sqlite3.OperationalError("database or disk is full")
+        if fault == "eio":
+            raise sqlite3.OperationalError("disk I/O error")
+        super()._insert(rows)
+
+    def _select(self, queue_id: int, after: int, limit: int) -> list[paging._Selected]:
+        if _control("paging") == "read-eio":
+            raise sqlite3.OperationalError("disk I/O error")
+        return super()._select(queue_id, after, limit)
+
+
 class _Broker(broker_module.Broker):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.free_bytes = free_bytes
+        self.pager.file_type = FaultySpillFile
 
 
 if __name__ == "__main__":

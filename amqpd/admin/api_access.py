@@ -30,7 +30,7 @@ def list_vhosts(call: Call) -> Reply:
     """GET /api/vhosts: those the user may see."""
     broker = call.state.broker
     unacked = unacked_by_queue(call.state)
-    items = [vhost_json(broker.vhosts[name], call.state, unacked)
+    items = [vhost_json(broker.vhosts[name], call.state, unacked, call.query)
              for name in visible_vhosts(call.user, sorted(broker.vhosts))]
     return Reply(body=listing(items, call.query))
 
@@ -38,8 +38,8 @@ def list_vhosts(call: Call) -> Reply:
 def get_vhost(call: Call) -> Reply:
     """GET /api/vhosts/{vhost}."""
     vhost = call.vhost()
-    return Reply(body=shape(vhost_json(vhost, call.state, unacked_by_queue(call.state)),
-                            call.query))
+    return Reply(body=shape(vhost_json(vhost, call.state, unacked_by_queue(call.state),
+                                       call.query), call.query))
 
 
 def put_vhost(call: Call) -> Reply:

@@ -32,7 +32,7 @@ from amqpd.admin.auth import sees_all_vhosts
 from amqpd.admin.context import Call, Reply
 from amqpd.admin.errors import bad_request
 from amqpd.admin.paging import listing
-from amqpd.admin.rates import DEPTH, MIN_SPAN, SAMPLE_INTERVAL, Rates
+from amqpd.admin.rates import DEPTH, SAMPLE_INTERVAL, Rates
 from amqpd.admin.readmodel import (
     LiveState,
     binding_json,
@@ -81,14 +81,7 @@ def ready_growth(rates: Rates | None, queue: Queue) -> float:
     MIN_SPAN old (the same base a rate uses); 0.0 before there is one."""
     if rates is None:
         return 0.0
-    now = rates.clock()
-    base = None
-    for sample in rates.queue_rings.get(queue, ()):
-        if now - sample[0] >= MIN_SPAN and DEPTH in sample[1]:
-            base = sample
-    if base is None:
-        return 0.0
-    return round((queue.message_count - base[1][DEPTH]) / (now - base[0]), 1)
+    return rates.queue_depth_rates(queue, 0)[DEPTH]
 
 
 def prefetch_window(queue: Queue) -> tuple[int, int]:

@@ -13,13 +13,15 @@ import exchanges
 from amqpd.admin.auth import has_level, sees_all_vhosts
 from amqpd.admin.context import Call, Reply
 from amqpd.admin.errors import not_found
+from amqpd.admin.history import LENGTHS, MSG_RATES, add_history, wanted, window
 from amqpd.admin.paging import listing, shape
-from amqpd.admin.rates import with_details
+from amqpd.admin.rates import DEPTH_FIELDS, with_details
 from amqpd.admin.readmodel import (
     CHURN,
     GLOBAL_STATS,
     RABBITMQ_VERSION,
     LiveState,
+    depth_totals,
     product,
     unacked_by_queue,
 )
@@ -62,10 +64,7 @@ def overview(call: Call) -> Reply:
     """GET /api/overview: every field rabbitmqadmin v2's strict client requires."""
     state = call.state
     vhosts = call.vhosts()
-    unacked = unacked_by_queue(state)
     queues = [q for v in vhosts for q in v.queues.values()]
-    ready = sum(q.message_count for q in queues)
-    unacked_count = sum(unacked.get(q, (0, 0))[0] for q in queues)
     connections = state.open_connections()
     if not sees_all_vhosts(call.user):
         names = {v.name for v in vhosts}
@@ -86,6 +85,7 @@ def overview(call: Call) -> Reply:
                                 ("deliver", "deliver_no_ack", "get", "get_no_ack"))},
             ("deliver_get",)))
         churn = with_details(counts, rates, CHURN)
+    queue_totals: dict[str, Any] = depth_totals(state, vhosts, unacked_by_queue(state))
     body = {
         "management_version": RABBITMQ_VERSION,
         "rates_mode": "basic",
@@ -101,12 +101,7 @@ def overview(call: Call) -> Reply:
         "enable_queue_totals": True,
         "message_stats": message_stats,
         "churn_rates": churn,
-        "queue_totals": {
-            "messages": ready + unacked_count, "messages_details": {"rate": 0.0},
-            "messages_ready": ready, "messages_ready_details": {"rate": 0.0},
-            "messages_unacknowledged": unacked_count,
-            "messages_unacknowledged_details": {"rate": 0.0},
-        },
+        "queue_totals": queue_totals,
         "object_totals": {
             "connections": len(connections),
             "channels": channels,
@@ -121,6 +116,15 @@ def overview(call: Call) -> Reply:
                       "path": "/", "port": str(listener.port)}
                      for listener in state.listeners if listener.protocol == "http"],
     }
+    if state.rates is not None and wanted(call.query):
+        ring, now = list(state.rates.global_ring), state.rates.clock()
+        lengths = window(call.query, LENGTHS)
+        # The broker-wide ring sums every vhost: only for those who see them all.
+        if lengths is not None and sees_all_vhosts(call.user):
+            add_history(queue_totals, DEPTH_FIELDS, ring, lengths, now)
+        rates_age = window(call.query, MSG_RATES)
+        if rates_age is not None:
+            add_history(message_stats, (*GLOBAL_STATS, "deliver_get"), ring, rates_age, now)
     return Reply(body=shape(body, call.query))
 
 

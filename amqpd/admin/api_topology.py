@@ -15,8 +15,10 @@ from amqpd.access.permissions import ResourceKind
 from amqpd.admin.auth import require_permission
 from amqpd.admin.context import NO_CONTENT, Call, Reply, arguments_of, created_or_updated, flag
 from amqpd.admin.errors import ApiError, bad_request, not_found
+from amqpd.admin.history import add_object_history, wanted
 from amqpd.admin.paging import listing, parse_columns, select_columns, shape
 from amqpd.admin.readmodel import (
+    QUEUE_STATS,
     exchange_json,
     properties_key,
     queue_json,
@@ -25,6 +27,7 @@ from amqpd.admin.readmodel import (
 )
 from amqpd.admin.routes import Route, route
 from amqpd.broker import routing
+from amqpd.broker.delayed import is_delayed
 from amqpd.broker.exchange import Exchange
 from amqpd.broker.message import Message, QueueEntry, route_for
 from amqpd.broker.queue import Queue
@@ -52,9 +55,30 @@ def amqp_call(action: Callable[[], Any]) -> Any:
 # -- queues --------------------------------------------------------------------------------
 
 
-# Sort keys a queue object answers without its JSON: a paged listing sorted by one of these
-# builds the JSON of one page only (10,000 queues: the page, not 10,000 objects).
-_LIGHT_SORTS = {"", "name", "vhost"}
+Unacked = dict[Queue, tuple[int, int]]
+
+# Sort keys a queue answers without its JSON: a paged listing sorted by one of these builds
+# the JSON of one page only (10,000 queues: the page, not 10,000 objects). The values are
+# the same as the JSON's fields.
+_LIGHT_SORTS: dict[str, Callable[[Queue, Unacked], object]] = {
+    "": lambda queue, unacked: None,
+    "name": lambda queue, unacked: queue.name,
+    "vhost": lambda queue, unacked: queue.vhost_name,
+    "messages": lambda queue, unacked: queue.message_count + unacked.get(queue, (0, 0))[0],
+    "messages_ready": lambda queue, unacked: queue.message_count,
+    "messages_unacknowledged": lambda queue, unacked: unacked.get(queue, (0, 0))[0],
+    "consumers": lambda queue, unacked: len(queue.consumers),
+}
+
+
+def queue_item(call: Call, queue: Queue, unacked: Unacked) -> dict[str, Any]:
+    """A queue's JSON, with the sample history the query asks for (``lengths_age``...)."""
+    item = queue_json(call.state, queue, unacked)
+    rates = call.state.rates
+    if rates is not None and wanted(call.query):
+        add_object_history(item, call.query, rates.queue_rings.get(queue, ()), rates.clock(),
+                           QUEUE_STATS)
+    return item
 
 
 def list_queues(call: Call) -> Reply:
@@ -62,22 +86,25 @@ def list_queues(call: Call) -> Reply:
     unacked = unacked_by_queue(call.state)
     queues = [queue for vhost in call.vhosts() for _, queue in sorted(vhost.queues.items())]
     query = call.query
-    if "page" in query and query.get("sort", "") in _LIGHT_SORTS:
+    sort = query.get("sort", "")
+    light_key = _LIGHT_SORTS.get(sort)
+    if "page" in query and light_key is not None:
         # Sort, filter and page light stand-ins, then describe the queues of the page.
         light_query = {key: value for key, value in query.items() if key != "columns"}
-        stand_ins = [{"name": q.name, "vhost": q.vhost_name, "queue": q} for q in queues]
+        stand_ins = [{"name": q.name, "vhost": q.vhost_name, sort: light_key(q, unacked),
+                      "queue": q} for q in queues]
         envelope = listing(stand_ins, light_query)
         columns = parse_columns(query)
-        items = [queue_json(call.state, item["queue"], unacked) for item in envelope["items"]]
+        items = [queue_item(call, item["queue"], unacked) for item in envelope["items"]]
         envelope["items"] = [select_columns(i, columns) for i in items] if columns else items
         return Reply(body=envelope)
-    items = [queue_json(call.state, queue, unacked) for queue in queues]
+    items = [queue_item(call, queue, unacked) for queue in queues]
     return Reply(body=listing(items, query))
 
 
 def get_queue(call: Call) -> Reply:
     """GET /api/queues/{vhost}/{name}."""
-    item = queue_json(call.state, call.queue(), unacked_by_queue(call.state))
+    item = queue_item(call, call.queue(), unacked_by_queue(call.state))
     return Reply(body=shape(item, call.query))
 
 
@@ -297,7 +324,11 @@ def publish(call: Call) -> Reply:
             raise bad_request(f"invalid expiration '{expiration}'")
         message.ttl_ms = int(expiration)
     call.state.broker.stats.publish += 1
-    queues = routing.route(exchange, message, vhost.queues, vhost.get_exchange)
+    if is_delayed(exchange) and vhost.delayed.hold(exchange, message):
+        # As the plugin under RabbitMQ's API: held, so routed nowhere now ("routed": false).
+        return Reply(body={"routed": False})
+    queues = routing.route(exchange, message, vhost.queues, vhost.get_exchange,
+                           vhost.delayed.hold)
     for queue in queues:
         queue.push(message)
     if not queues:

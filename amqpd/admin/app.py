@@ -24,7 +24,7 @@ from amqpd.admin.context import Call, Reply
 from amqpd.admin.errors import ApiError, not_found
 from amqpd.admin.http import EmbeddedHTTPServer, bind
 from amqpd.admin.rates import SAMPLE_INTERVAL
-from amqpd.admin.readmodel import Listener, LiveState, to_json
+from amqpd.admin.readmodel import Listener, LiveState, to_json, unacked_by_queue
 from amqpd.admin.routes import Route, resolve, split_raw_path
 
 LOGGER = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ class ManagementServer(EmbeddedHTTPServer):
         if rates is None:
             return
         while True:
-            rates.sample()
+            rates.sample({queue: count for queue, (count, _bytes)
+                          in unacked_by_queue(self.state).items()})
             await anyio.sleep(SAMPLE_INTERVAL)
 
 

@@ -6,6 +6,11 @@ sampler task calls :meth:`Rates.sample` every :data:`SAMPLE_INTERVAL` seconds; a
 traffic and nothing can drift from the live state. Queue churn (created / deleted) is
 found by comparing the queues seen at consecutive samples, which keeps the declare path
 untouched; a queue that lives less than one interval is not counted.
+
+Queue depths (ready and unacknowledged) ride along in every sample: their rate of change
+(``messages_details.rate``, signed) is ``(depth now - depth in the base sample) / span``,
+against the same base as the counters. Per-vhost totals get their own small rings so
+``/api/vhosts`` and the overview answer from one sample per vhost, not one per queue.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ RING_SIZE = 13
 #: A rate is computed against a sample at least this old (shorter spans are noise).
 MIN_SPAN = 1.0
 QUEUE_COUNTERS = ("publish", "deliver_get", "ack", "redeliver")
-#: Key of the ready-message depth recorded in each sample (queue and broker-wide).
+#: Key of the ready-message depth recorded in each sample (queue, vhost and broker-wide).
 DEPTH = "messages_ready"
+#: Key of the delivered-but-unacknowledged depth recorded next to it.
+UNACKED_DEPTH = "messages_unacknowledged"
+#: The depth fields a rate of change is reported for; ``messages`` is their sum.
+DEPTH_FIELDS = ("messages", DEPTH, UNACKED_DEPTH)
 
 Sample = tuple[float, Mapping[str, int]]
 
@@ -39,20 +48,57 @@ def queue_counts(queue: Queue) -> dict[str, int]:
     }
 
 
-def rate_between(
-    ring: Iterable[Sample], now: float, current: Mapping[str, int]
-) -> dict[str, float]:
-    """Per-second rate of each counter since the newest sample at least MIN_SPAN old."""
+def base_sample(ring: Iterable[Sample], now: float) -> Sample | None:
+    """The newest sample at least MIN_SPAN old (None while there is none)."""
     base: Sample | None = None
     for sample in ring:  # oldest first: keep the newest one old enough
         if now - sample[0] >= MIN_SPAN:
             base = sample
+    return base
+
+
+def rate_between(
+    ring: Iterable[Sample], now: float, current: Mapping[str, int]
+) -> dict[str, float]:
+    """Per-second rate of each counter since the newest sample at least MIN_SPAN old."""
+    base = base_sample(ring, now)
     if base is None:
         return dict.fromkeys(current, 0.0)
     span = now - base[0]
     return {
         name: round(max(0, value - base[1].get(name, value)) / span, 1)
         for name, value in current.items()
+    }
+
+
+def depth_rates(ring: Iterable[Sample], now: float, ready: int,
+                unacked: int) -> dict[str, float]:
+    """Signed change per second of ``messages``, ``messages_ready`` and
+    ``messages_unacknowledged`` since the base sample (0.0 while there is none)."""
+    base = base_sample(ring, now)
+    if base is None:
+        return dict.fromkeys(DEPTH_FIELDS, 0.0)
+    span = now - base[0]
+    ready_then = base[1].get(DEPTH, ready)
+    unacked_then = base[1].get(UNACKED_DEPTH, unacked)
+    return {
+        "messages": round((ready + unacked - ready_then - unacked_then) / span, 1),
+        DEPTH: round((ready - ready_then) / span, 1),
+        UNACKED_DEPTH: round((unacked - unacked_then) / span, 1),
+    }
+
+
+def depth_details(ready: int, unacked: int,
+                  rates: Mapping[str, float] | None = None) -> dict[str, object]:
+    """RabbitMQ's ``{"messages": 7, "messages_details": {"rate": -1.5}, ...}``."""
+    rates = rates or {}
+    return {
+        "messages": ready + unacked,
+        "messages_details": {"rate": rates.get("messages", 0.0)},
+        DEPTH: ready,
+        f"{DEPTH}_details": {"rate": rates.get(DEPTH, 0.0)},
+        UNACKED_DEPTH: unacked,
+        f"{UNACKED_DEPTH}_details": {"rate": rates.get(UNACKED_DEPTH, 0.0)},
     }
 
 
@@ -70,6 +116,8 @@ class Rates:
         # Counters computed by the caller at sample time (churn: closed = created - open).
         self.extra = extra
         self.global_ring: deque[Sample] = deque(maxlen=RING_SIZE)
+        # Depth totals per vhost name (a vhost that goes away is pruned at the next sample).
+        self.vhost_rings: dict[str, deque[Sample]] = {}
         # A plain dict pruned to the live queues at every sample (a compiled queue takes no
         # weak reference); _seen_queues holds a deleted one for an interval anyway.
         self.queue_rings: dict[Queue, deque[Sample]] = {}
@@ -90,30 +138,45 @@ class Rates:
             counts.update(self.extra())
         return counts
 
-    def sample(self) -> None:
-        """Record the counters now (called every SAMPLE_INTERVAL by the sampler task)."""
+    def sample(self, unacked: Mapping[Queue, int] | None = None) -> None:
+        """Record the counters and depths now (called every SAMPLE_INTERVAL by the sampler
+        task); ``unacked`` is the delivered, unacknowledged count per queue (the channels
+        hold them, not the queue: the caller walks the connections)."""
         now = self.clock()
+        unacked = unacked or {}
         live: set[Queue] = set()
-        ready_total = 0
-        for vhost in list(self.broker.vhosts.values()):
+        ready_total = unacked_total = 0
+        for vhost_name, vhost in list(self.broker.vhosts.items()):
+            vhost_ready = vhost_unacked = 0
             for queue in vhost.queues.values():
                 live.add(queue)
                 ring = self.queue_rings.get(queue)
                 if ring is None:
                     ring = self.queue_rings[queue] = deque(maxlen=3)
-                # The ready depth rides along (a level, not a counter: rate_between never
-                # reads it; the dashboard derives a queue's growth from it).
+                # The depths ride along (levels, not counters: rate_between never reads
+                # them; depth_rates and the dashboard's growth do).
                 depth = queue.message_count
-                ready_total += depth
-                ring.append((now, {**queue_counts(queue), DEPTH: depth}))
+                held = unacked.get(queue, 0)
+                vhost_ready += depth
+                vhost_unacked += held
+                ring.append((now, {**queue_counts(queue), DEPTH: depth, UNACKED_DEPTH: held}))
+            vhost_ring = self.vhost_rings.get(vhost_name)
+            if vhost_ring is None:
+                vhost_ring = self.vhost_rings[vhost_name] = deque(maxlen=3)
+            vhost_ring.append((now, {DEPTH: vhost_ready, UNACKED_DEPTH: vhost_unacked}))
+            ready_total += vhost_ready
+            unacked_total += vhost_unacked
         for gone in [queue for queue in self.queue_rings if queue not in live]:
             del self.queue_rings[gone]
+        for name in [name for name in self.vhost_rings if name not in self.broker.vhosts]:
+            del self.vhost_rings[name]
         if self._started:
             self.queue_created += sum(1 for queue in live if queue not in self._seen_queues)
             self.queue_deleted += sum(1 for queue in self._seen_queues if queue not in live)
         self._started = True
         self._seen_queues = live
-        self.global_ring.append((now, {**self.global_counts(), DEPTH: ready_total}))
+        self.global_ring.append((now, {**self.global_counts(), DEPTH: ready_total,
+                                       UNACKED_DEPTH: unacked_total}))
 
     def global_rates(self) -> tuple[dict[str, int], dict[str, float]]:
         """(counters now, their rates)."""
@@ -124,6 +187,16 @@ class Rates:
         """(a queue's counters now, their rates)."""
         current = queue_counts(queue)
         return current, rate_between(self.queue_rings.get(queue, ()), self.clock(), current)
+
+
+    def queue_depth_rates(self, queue: Queue, unacked: int) -> dict[str, float]:
+        """Signed depth rates of a queue holding ``unacked`` delivered messages now."""
+        return depth_rates(self.queue_rings.get(queue, ()), self.clock(),
+                           queue.message_count, unacked)
+
+    def vhost_depth_rates(self, vhost: str, ready: int, unacked: int) -> dict[str, float]:
+        """Signed depth rates of a vhost whose queues hold these totals now."""
+        return depth_rates(self.vhost_rings.get(vhost, ()), self.clock(), ready, unacked)
 
 
 def with_details(counts: Mapping[str, int], rates: Mapping[str, float],

@@ -11,7 +11,7 @@ import datetime
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,8 @@ from urllib.parse import quote_plus
 from amqpd import __version__
 from amqpd.access.auth import User, hash_algorithm
 from amqpd.access.permissions import permission_of
-from amqpd.admin.rates import Rates, with_details
+from amqpd.admin.history import add_object_history, wanted
+from amqpd.admin.rates import DEPTH_FIELDS, Rates, depth_details, with_details
 from amqpd.admin.streams_view import stream_json
 from amqpd.broker.broker import Broker
 from amqpd.broker.delayed import DelayedMessages, is_delayed
@@ -252,12 +253,9 @@ def queue_json(
         "consumer_utilisation": capacity,
         "exclusive_consumer_tag": None,
         "single_active_consumer_tag": None,
-        "messages": ready + unacked_count,
-        "messages_details": {"rate": 0.0},
-        "messages_ready": ready,
-        "messages_ready_details": {"rate": 0.0},
-        "messages_unacknowledged": unacked_count,
-        "messages_unacknowledged_details": {"rate": 0.0},
+        **depth_details(ready, unacked_count,
+                        state.rates.queue_depth_rates(queue, unacked_count)
+                        if state.rates is not None else None),
         "messages_paged_out": queue.paged,
         "message_bytes": ready_bytes + unacked_bytes,
         "message_bytes_ready": ready_bytes,
@@ -379,12 +377,10 @@ def permission_json(user: User, vhost: str) -> dict[str, Any] | None:
             "write": permission.write, "read": permission.read}
 
 
-def vhost_json(vhost: VirtualHost, state: LiveState,
-               unacked: dict[Queue, tuple[int, int]]) -> dict[str, Any]:
-    """One entry of /api/vhosts."""
-    ready = sum(q.message_count for q in vhost.queues.values())
-    unacked_count = sum(unacked.get(q, (0, 0))[0] for q in vhost.queues.values())
-    return {
+def vhost_json(vhost: VirtualHost, state: LiveState, unacked: dict[Queue, tuple[int, int]],
+               query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One entry of /api/vhosts (with the sample history ``query`` asks for)."""
+    item = {
         "name": vhost.name,
         "description": "",
         "tags": [],
@@ -392,13 +388,31 @@ def vhost_json(vhost: VirtualHost, state: LiveState,
         "default_queue_type": "classic",
         "tracing": False,
         "cluster_state": {state.node: "running"},
-        "messages": ready + unacked_count,
-        "messages_details": {"rate": 0.0},
-        "messages_ready": ready,
-        "messages_ready_details": {"rate": 0.0},
-        "messages_unacknowledged": unacked_count,
-        "messages_unacknowledged_details": {"rate": 0.0},
+        **depth_totals(state, [vhost], unacked),
     }
+    if query and state.rates is not None and wanted(query):
+        add_object_history(item, query, state.rates.vhost_rings.get(vhost.name, ()),
+                           state.rates.clock())
+    return item
+
+
+def depth_totals(state: LiveState, vhosts: Iterable[VirtualHost],
+                 unacked: dict[Queue, tuple[int, int]]) -> dict[str, object]:
+    """``messages``, ``messages_ready``, ``messages_unacknowledged`` and their signed rates
+    summed over ``vhosts`` (a vhost's rate comes from its own ring: no per-queue work)."""
+    ready_total = unacked_total = 0
+    rates = dict.fromkeys(DEPTH_FIELDS, 0.0)
+    for vhost in vhosts:
+        queues = vhost.queues.values()
+        ready = sum(q.message_count for q in queues)
+        held = sum(unacked[q][0] for q in queues if q in unacked) if unacked else 0
+        ready_total += ready
+        unacked_total += held
+        if state.rates is not None:
+            for name, rate in state.rates.vhost_depth_rates(vhost.name, ready, held).items():
+                rates[name] += rate
+    return depth_details(ready_total, unacked_total,
+                         {name: round(rate, 1) for name, rate in rates.items()})
 
 
 def product() -> dict[str, str]:

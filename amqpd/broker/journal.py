@@ -8,7 +8,7 @@ batches. Keeping this seam narrow is what lets the core stay synchronous and I/O
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from amqpd.broker.message import ENTRY_OVERHEAD, Message, QueueEntry
@@ -81,9 +81,10 @@ class Journal:
     def delayed_dropped(self, key: tuple[str, str]) -> None:
         """Every message held under ``key`` is gone (its exchange was deleted)."""
 
-    def read_delayed(self, key: tuple[str, str], seq: int) -> Message | None:
-        """A held message whose body was left on disk, read back when it is due."""
-        return None
+    def read_delayed(self, key: tuple[str, str], seqs: Sequence[int]) -> dict[int, Message]:
+        """Held messages whose body was left on disk (by seq), read back when they are
+        due; a seq whose row is gone is missing from the answer."""
+        return {}
 
     def queue_declared(self, queue: Queue) -> None:
         """A queue was created."""

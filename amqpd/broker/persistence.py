@@ -20,7 +20,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from amqpd.broker.exchange import Exchange
@@ -171,17 +171,16 @@ class PersistentJournal(Journal):
         self.batch.delete_queue(*key)
         self._changed()
 
-    def read_delayed(self, key: QueueKey, seq: int) -> Message | None:
-        # One indexed read of one row, on the event loop, as a restarted queue reads its
-        # stored backlog.
-        rows = self.store.read_entries(key, seq - 1, 1)
-        if not rows or rows[0][0].seq != seq:
-            return None
-        record = rows[0][1]
-        message = Message(route_for(record.exchange, record.routing_key),
-                          record.header_payload, record.body or b"")
-        message.message_id = record.message_id
-        return message
+    def read_delayed(self, key: QueueKey, seqs: Sequence[int]) -> dict[int, Message]:
+        # Indexed reads of the due rows, on the event loop, as a restarted queue reads its
+        # stored backlog: one query for a batch of them.
+        messages = {}
+        for stored, record in self.store.read_entries_at(key, seqs):
+            message = Message(route_for(record.exchange, record.routing_key),
+                              record.header_payload, record.body or b"")
+            message.message_id = record.message_id
+            messages[stored.seq] = message
+        return messages
 
     # -- definitions -------------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 Walks exchange-to-exchange bindings with a visited set, so every queue gets a message at
 most once even when bindings form a cycle or a diamond; tries an exchange's alternate
-exchange when it routes nowhere; and adds the sender-selected routing keys from the ``CC``
-and ``BCC`` headers (RabbitMQ extension).
+exchange when it routes nowhere; adds the sender-selected routing keys from the ``CC``
+and ``BCC`` headers (RabbitMQ extension); and offers a message that reaches an
+``x-delayed-message`` exchange through an exchange-to-exchange binding or as an alternate
+exchange to ``hold`` (the delayed-message plugin delays in the exchange type's route
+callback, so such arrivals are delayed too; a held message goes no further now).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from amqpd.broker.exchange import Exchange
 from amqpd.broker.message import Message
 from amqpd.broker.queue import Queue
 from exchanges import Routable
+from exchanges.delayed import TYPE_NAME as DELAYED_TYPE
 
 ExchangeLookup = Callable[[str], Exchange | None]
+# Holds a message at a delayed exchange; False when its x-delay asks for no delay.
+HoldHook = Callable[[Exchange, Message], bool]
 
 
 class _Rerouted:
@@ -56,11 +62,17 @@ def has_sender_selected(message: Message) -> bool:
     return b"\x02CC" in payload or b"\x03BCC" in payload
 
 
+def _held(hold: HoldHook | None, exchange: Exchange, message: Message) -> bool:
+    """Whether the delayed exchange ``exchange``, reached on the way, holds the message."""
+    return hold is not None and exchange.type_name == DELAYED_TYPE and hold(exchange, message)
+
+
 def route(
     exchange: Exchange,
     message: Message,
     queues_by_name: dict[str, Queue],
     lookup: ExchangeLookup,
+    hold: HoldHook | None = None,
 ) -> Sequence[Queue]:
     """Every queue the message goes to, each once, in a stable order."""
     if exchange.kind is None:
@@ -87,7 +99,8 @@ def route(
             alternate = lookup(current.alternate)
             if alternate is not None and alternate not in visited:
                 visited.add(alternate)
-                pending.append(alternate)
+                if not _held(hold, alternate, message):
+                    pending.append(alternate)
             continue
         for destination in destinations:
             if type(destination) is Queue:
@@ -95,7 +108,8 @@ def route(
             elif isinstance(destination, Exchange):
                 if destination not in visited:
                     visited.add(destination)
-                    pending.append(destination)
+                    if not _held(hold, destination, message):
+                        pending.append(destination)
             elif isinstance(destination, Queue):  # a subclass (PriorityQueue): checked last,
                 found[destination] = None  # so plain queues keep the exact-type fast test
     return list(found)

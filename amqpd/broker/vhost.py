@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import exchanges
 from amqpd.broker import routing
 from amqpd.broker.deadletter import dead_lettered, is_cycle
-from amqpd.broker.delayed import DelayedMessages
+from amqpd.broker.delayed import DelayedMessages, is_delayed
 from amqpd.broker.exchange import Exchange
 from amqpd.broker.journal import Journal
 from amqpd.broker.message import Message, QueueEntry
@@ -371,7 +371,12 @@ class VirtualHost:
             )
             return
         copy = dead_lettered(message, queue.name, reason, policy.dead_letter_routing_key)
-        for target in routing.route(exchange, copy, self.queues, self.get_exchange):
+        # As the delayed-message plugin: a dead-letter exchange of that type (or one reached
+        # from it) holds a message that carries x-delay; the cycle check runs at release.
+        if is_delayed(exchange) and self.delayed.hold(exchange, copy):
+            return
+        for target in routing.route(exchange, copy, self.queues, self.get_exchange,
+                                    self.delayed.hold):
             if is_cycle(copy, target.name):
                 LOGGER.info("dead-letter cycle through %s; message dropped", target.describe())
                 continue

@@ -409,6 +409,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("listeners.handshake_timeout", "handshake_timeout", Float(0.1, 3600),
            "AMQPD_HANDSHAKE_TIMEOUT", None,
            "seconds from accept (after TLS) to connection.open-ok before the socket is closed"),
+    Option("listeners.max_handshakes_per_address", "max_handshakes_per_address", Int(0),
+           "AMQPD_MAX_HANDSHAKES_PER_ADDRESS", None,
+           "sockets from one address before connection.open-ok; more are closed at once; "
+           "0 = unlimited"),
+    Option("listeners.max_handshakes", "max_handshakes", Int(0), "AMQPD_MAX_HANDSHAKES", None,
+           "sockets from all addresses before connection.open-ok; 0 = unlimited"),
     Option("data_dir", "data_dir", Str(), "AMQPD_DATA_DIR", "--data-dir",
            "directory of the persistent store"),
     Option("limits.frame_max", "frame_max", Int(4096, 2**31 - 1), "AMQPD_FRAME_MAX", None,

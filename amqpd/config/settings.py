@@ -91,6 +91,11 @@ class Settings:
     disk_free_limit: float | int = 50_000_000
     # Seconds from accept (after TLS) until connection.open-ok (RabbitMQ: 10 s).
     handshake_timeout: float = 10.0
+    # Sockets that have not reached connection.open-ok, from one peer address and in all;
+    # past either, a new socket is closed at once (a flood of half-open sockets from one
+    # address must not starve other clients). 0 = unlimited.
+    max_handshakes_per_address: int = 64
+    max_handshakes: int = 1024
     # TLS listener (amqps); tls_port None = no TLS listener; tls_host None = same as host.
     tls_host: str | None = None
     tls_port: int | None = None

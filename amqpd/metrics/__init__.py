@@ -8,5 +8,7 @@ nobody scrapes pays nothing beyond the event counters it keeps anyway.
 - :mod:`~amqpd.metrics.families` -- the metric families, RabbitMQ's names, types and labels;
 - :mod:`~amqpd.metrics.commits` -- the store's group-commit latency histogram and fsync count
   (recorded by the I/O shell, read at scrape time);
+- :mod:`~amqpd.metrics.exposition` -- the per-object families' fast path (column-wise
+  families, a renderer proved equal to ``generate_latest`` by tests/test_metrics_exposition.py);
 - :mod:`~amqpd.metrics.app` -- the endpoints and the listener.
 """

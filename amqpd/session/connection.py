@@ -3,8 +3,8 @@
 Theory of operation:
 - ``data_received(bytes)`` runs the handshake state machine, splits frames (FrameReader),
   decodes methods and hands them to channels. Everything that must be sent is appended to
-  ``out`` (a bytearray); the I/O shell swaps it out with ``data_to_send()`` and writes it,
-  so many frames leave in one system call.
+  ``out`` (a bytearray; large bodies by reference, see session/output.py); the I/O shell
+  takes it with ``buffers_to_send()`` and writes it, so many frames leave in one system call.
 - Deliveries from other connections' publishes are appended to ``out`` synchronously; the
   shell's ``wakeup`` callback tells its writer there is something to send.
 - Errors are exceptions carrying the reply code: a ChannelError closes one channel, a
@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import logging
 import platform
-import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,7 +32,6 @@ from amqpd.broker.message import Message, QueueEntry
 from amqpd.protocol import codec
 from amqpd.protocol.constants import (
     FRAME_BODY,
-    FRAME_END_BYTE,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
@@ -44,6 +42,7 @@ from amqpd.protocol.constants import (
 from amqpd.protocol.errors import AMQPError, ChannelError, ConnectionLevelError, FrameError
 from amqpd.protocol.framing import FrameReader
 from amqpd.session.channel import FLOW_BACKLOG, Channel, ChannelState
+from amqpd.session.output import ConnectionOutput
 
 if TYPE_CHECKING:
     from amqpd.broker.broker import Broker
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
-_FRAME_START = struct.Struct(">BHI")
 _PUBLISH_PREFIX = b"\x00\x3c\x00\x28"
 
 
@@ -86,7 +84,7 @@ SERVER_CAPABILITIES = {
 }
 
 
-class Connection:
+class Connection(ConnectionOutput):
     """One client connection, driven by bytes."""
 
     def __init__(
@@ -101,31 +99,25 @@ class Connection:
         self.broker = broker
         self.settings = broker.settings
         self.peer = peer
-        self.clock = clock
+        super().__init__(clock, self.settings.frame_max, self.settings.output_high_watermark,
+                         self.settings.output_low_watermark)
         self.state = ConnectionState.AWAIT_HEADER
-        self.out = bytearray()
-        self.wakeup: Callable[[], None] = _nothing
         self.finished = False
         self.close_deadline: float | None = None
         self.reader = FrameReader(max(FRAME_MIN_SIZE, self.settings.frame_max))
         self._header_buffer = b""
         self.channels: dict[int, Channel] = {}
         self.channel_max = self.settings.channel_max
-        self.frame_max = self.settings.frame_max
         self.heartbeat = 0
         self.last_received = clock()
-        self.last_sent = clock()
         self.accepted_at = clock()
         self.client_properties: dict[str, object] = {}
         self.user_name = ""
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set by connection.open
         self.last_queue_name: str | None = None
         self.confirms_pending: set[Channel] = set()
-        self.high_watermark = self.settings.output_high_watermark
-        self.low_watermark = self.settings.output_low_watermark
-        # Bytes handed to the socket whose write has not completed yet (set by the shell),
-        # and whether a delivery was refused because of them since the output last drained.
-        self.in_flight = 0
+        # Whether a delivery was refused because of the output watermark since the output
+        # last drained.
         self.held_back = False
         self.close_reason: str | None = None
         # Set once the client publishes: only publishers are blocked by a memory alarm.
@@ -141,76 +133,13 @@ class Connection:
         self.connected_at = int(time.time() * 1000)
         broker.stats.connection_created += 1
 
-    # -- output ------------------------------------------------------------------------
-
-    @property
-    def congested(self) -> bool:
-        """True while the output buffer is above its high watermark."""
-        return len(self.out) + self.in_flight > self.high_watermark
-
-    @property
-    def below_low_watermark(self) -> bool:
-        """True once queued and in-flight output fell below the low watermark."""
-        return len(self.out) + self.in_flight <= self.low_watermark
-
-    def _write(self, data: bytes) -> None:
-        if not self.out:
-            self.wakeup()
-        self.out += data
-
-    def data_to_send(self) -> bytes:
-        """Take everything queued for the socket."""
-        data = bytes(self.out)
-        self.out.clear()
-        if data:
-            self.last_sent = self.clock()
-        return data
+    # -- output (the rest is in ConnectionOutput) ------------------------------------
 
     def write_method(self, channel: int, method: Method) -> None:
         """Queue one method frame (pamqp-encoded)."""
         if self.state is ConnectionState.CLOSED:
             return
         self._write(codec.encode_method(channel, method))
-
-    def write_deliver(
-        self, channel: int, consumer_tag: bytes, delivery_tag: int, entry: QueueEntry
-    ) -> None:
-        """Queue basic.deliver plus the content, appended straight to the output buffer."""
-        out = self.out
-        if not out:
-            self.wakeup()
-        message = entry.message
-        out += codec.encode_deliver(
-            channel, consumer_tag, delivery_tag, entry.redelivered,
-            message.route.exchange_bytes, message.route.routing_key_bytes,
-        )
-        self._append_content(channel, message, entry.delivery_count)
-
-    def _append_content(self, channel: int, message: Message, delivery_count: int = 0) -> None:
-        out = self.out
-        header = message.header_payload
-        if delivery_count:
-            # Redeliveries say how often the message failed before (x-delivery-count).
-            header = with_delivery_count(message, delivery_count)
-        out += _FRAME_START.pack(FRAME_HEADER, channel, len(header))
-        out += header
-        out += FRAME_END_BYTE
-        body = message.body
-        size = len(body)
-        if not size:
-            return
-        chunk = self.frame_max - 8
-        if size <= chunk:
-            out += _FRAME_START.pack(FRAME_BODY, channel, size)
-            out += body
-            out += FRAME_END_BYTE
-            return
-        view = memoryview(body)
-        for start in range(0, size, chunk):
-            piece = view[start : start + chunk]
-            out += _FRAME_START.pack(FRAME_BODY, channel, len(piece))
-            out += piece
-            out += FRAME_END_BYTE
 
     def write_get_ok(
         self, channel: int, delivery_tag: int, entry: QueueEntry, message_count: int
@@ -314,7 +243,9 @@ class Connection:
                 channel = channels.get(channel_id)
                 if channel is not None and channel.state is ChannelState.OPEN:
                     try:
-                        if frame_type == FRAME_METHOD:
+                        if not isinstance(payload, bytes):
+                            channel.on_content_body(payload)  # only body frames are views
+                        elif frame_type == FRAME_METHOD:
                             prefix = payload[:4]
                             if prefix == _PUBLISH_PREFIX and not channel.expecting_content:
                                 channel.begin_publish(codec.decode_publish_cached(payload))
@@ -336,7 +267,7 @@ class Connection:
                     except ChannelError as exc:
                         self._close_channel(channel, exc)
                     continue
-            self._slow_frame(frame_type, channel_id, payload)
+            self._slow_frame(frame_type, channel_id, bytes(payload))
             if self.finished:
                 return
 
@@ -670,7 +601,7 @@ class Connection:
                 self.close_reason = "missed heartbeats from client"
                 self._finish()
                 return
-            if now - self.last_sent >= self.heartbeat / 2 and not self.out:
+            if now - self.last_sent >= self.heartbeat / 2 and not self.has_output:
                 self._write(HEARTBEAT_FRAME)
 
     def on_drained(self) -> None:
@@ -681,20 +612,7 @@ class Connection:
                 channel.dispatch_consumers()
 
 
-def with_delivery_count(message: Message, delivery_count: int) -> bytes:
-    """The message's content header with ``x-delivery-count`` set (RabbitMQ quorum-queue
-    style); the original header bytes stay untouched for other queues."""
-    properties = codec.decode_properties(message.header_payload)
-    headers = dict(properties.headers or {})
-    headers["x-delivery-count"] = delivery_count
-    properties.headers = headers
-    return codec.encode_header_payload(len(message.body), properties)
-
-
 def _ids(method: Method) -> tuple[int, int]:
     index = int(getattr(method, "index", 0))
     return index >> 16, index & 0xFFFF
 
-
-def _nothing() -> None:
-    return None

@@ -81,6 +81,20 @@ class Store(Protocol):
         with its message (body included)."""
         ...
 
+    def read_entries_at(
+        self, queue: QueueKey, seqs: Sequence[int]
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        """The entries of ``queue`` among ``seqs`` (those that exist), in seq order, each with
+        its message (body included)."""
+        ...
+
+    def read_due_times(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[int, float | None]]:
+        """(seq, expires_at) of up to ``limit`` entries of ``queue`` with seq > ``after_seq``,
+        in seq order, without their messages (a restart's pass over held messages)."""
+        ...
+
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
         """The bodies of the stored messages among ``message_ids`` (paging them back in)."""
         ...

@@ -122,6 +122,28 @@ class MemoryStore:
                 for seq in seqs
             ]
 
+    def read_entries_at(
+        self, queue: QueueKey, seqs: Sequence[int]
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        with self._lock:
+            self._check_open()
+            rows = self._entries.get(queue, {})
+            return [
+                (_stored_entry(seq, rows[seq]),
+                 _stored_message(rows[seq].message_id,
+                                 self._messages[rows[seq].message_id], True))
+                for seq in sorted(set(seqs)) if seq in rows
+            ]
+
+    def read_due_times(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[int, float | None]]:
+        with self._lock:
+            self._check_open()
+            rows = self._entries.get(queue, {})
+            seqs = sorted(seq for seq in rows if seq > after_seq)[:limit]
+            return [(seq, rows[seq].expires_at) for seq in seqs]
+
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
         with self._lock:
             self._check_open()

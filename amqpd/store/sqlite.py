@@ -133,6 +133,45 @@ class SQLiteStore:
                 for seq, mid, count, again, expires, exchange, key, header, body in rows
             ]
 
+    def read_entries_at(
+        self, queue: QueueKey, seqs: Sequence[int]
+    ) -> list[tuple[StoredEntry, StoredMessage]]:
+        with self._lock, self._transaction("reading entries", "BEGIN") as conn:
+            queue_id = self._queue_ids.get(queue)
+            if queue_id is None:
+                return []
+            found = []
+            wanted = sorted(set(seqs))
+            for start in range(0, len(wanted), READ_CHUNK):
+                chunk = wanted[start : start + READ_CHUNK]
+                rows = conn.execute(
+                    "SELECT e.seq, e.message_id, e.delivery_count, e.redelivered, e.expires_at,"
+                    " m.exchange, m.routing_key, m.header, m.body"
+                    " FROM entries e JOIN messages m ON m.id = e.message_id"
+                    f" WHERE e.queue_id = ? AND e.seq IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY e.seq",
+                    (queue_id, *chunk),
+                )
+                found += [
+                    (StoredEntry(seq, mid, count, bool(again), expires),
+                     StoredMessage(mid, exchange, key, header, body))
+                    for seq, mid, count, again, expires, exchange, key, header, body in rows
+                ]
+            return found
+
+    def read_due_times(
+        self, queue: QueueKey, after_seq: int, limit: int
+    ) -> list[tuple[int, float | None]]:
+        with self._lock, self._transaction("reading entries", "BEGIN") as conn:
+            queue_id = self._queue_ids.get(queue)
+            if queue_id is None:
+                return []
+            return conn.execute(
+                "SELECT seq, expires_at FROM entries WHERE queue_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (queue_id, after_seq, limit),
+            ).fetchall()
+
     def read_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
         with self._lock, self._transaction("reading message bodies", "BEGIN") as conn:
             bodies: dict[int, bytes] = {}

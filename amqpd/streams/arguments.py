@@ -1,5 +1,6 @@
 """The arguments of streams: queue.declare (retention, segment size) and basic.consume
-(offset, filters, group), parsed once and checked with RabbitMQ's reply codes and texts.
+(offset, filters, group, x-single-active-consumer), parsed once and checked with RabbitMQ's
+reply codes and texts.
 
 RabbitMQ's texts are kept where clients or operators may match on them; where RabbitMQ
 prints an Erlang term (``{invalid_stream_offset_arg,{longstr,<<"1x">>}}``) amqpd says in
@@ -27,7 +28,7 @@ DECLARE_ARGUMENTS = frozenset({
 })
 CONSUME_ARGUMENTS = frozenset({
     "x-stream-offset", "x-stream-filter", "x-stream-match-unfiltered", "x-stream-group",
-    "x-stream-filter-rule", "x-cancel-on-ha-failover", "x-credit",
+    "x-stream-filter-rule", "x-cancel-on-ha-failover", "x-credit", "x-single-active-consumer",
 })
 _UNITS_MS = {"Y": 365 * 86_400_000, "M": 30 * 86_400_000, "D": 86_400_000,
              "h": 3_600_000, "m": 60_000, "s": 1000}
@@ -160,6 +161,7 @@ class ConsumeSpec:
     match_unfiltered: bool = False
     rule: CompiledRule | None = None
     group: str | None = None
+    exclusive: bool = False  # x-single-active-consumer: one member of the group receives
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -213,6 +215,20 @@ def parse_consume(
                 406, f"invalid arg 'x-stream-group' for {describe}: expected a non-empty "
                      "name of at most 255 characters", 60, 20)
         spec.group = group
+    if "x-single-active-consumer" in arguments:
+        # RabbitMQ's name for "one consumer receives, the others stand by and take over in
+        # order": its stream protocol sets it per subscription, with a consumer name that
+        # plays the part of the group here (amqpd: the consumer side of 0-9-1).
+        flag = arguments["x-single-active-consumer"]
+        if not isinstance(flag, bool):
+            raise ChannelError(
+                406, f"invalid arg 'x-single-active-consumer' for {describe}: expected a "
+                     f"boolean, got {flag!r}", 60, 20)
+        if flag and spec.group is None:
+            raise ChannelError(
+                406, f"invalid arg 'x-single-active-consumer' for {describe}: it needs "
+                     "x-stream-group (the group whose members take turns)", 60, 20)
+        spec.exclusive = flag
     return spec
 
 

@@ -5,14 +5,21 @@ content header and the body -- plus the ``x-stream-filter-value`` taken out once
 time, so filtering a record never decodes its headers. Deliveries get the ``x-stream-offset``
 header spliced into the stored content header bytes: the other properties and headers go
 out byte for byte as they came in (array and table headers included, which RabbitMQ drops).
+
+Consumers reading the same part of a stream get the same record payload objects from the
+log's recent records (:mod:`amqpd.streams.log`), so the decoded message and the delivery with
+its offset are kept for those payloads (:class:`DecodedRecords`): the second and every
+further consumer of a record reuses them instead of decoding and splicing again.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 
 from amqpd.broker.message import Message, route_for
 from amqpd.protocol import codec
+from amqpd.streams.log import SHARED_RECENT
 
 _PREFIX = struct.Struct(">BBHI")  # exchange len, routing key len, filter len, header len
 _NO_FILTER = 0xFFFF
@@ -20,6 +27,61 @@ _FLAG_CONTENT_TYPE = 0x8000
 _FLAG_CONTENT_ENCODING = 0x4000
 _OFFSET_FIELD = b"\x0fx-stream-offset"
 FILTER_HEADER = "x-stream-filter-value"
+CACHE_BYTES = 4 * 1024 * 1024  # of payloads kept decoded, all streams together
+
+
+class Decoded:
+    """A decoded record payload, and its delivery (with ``x-stream-offset``) once made."""
+
+    __slots__ = ("delivery", "filter", "message", "offset", "payload")
+
+    def __init__(self, payload: bytes, filter_: str | None, message: Message):
+        self.payload = payload
+        self.filter = filter_
+        self.message = message
+        self.offset = -1
+        self.delivery: Message | None = None
+
+
+class DecodedRecords:
+    """Decoded payloads looked up by the payload object's identity (no hashing or comparing
+    of bytes), and by their message's identity for :func:`with_offset`. Each entry holds
+    both objects, so their ids cannot be reused while it lives; the oldest go past
+    ``budget`` bytes of payload."""
+
+    __slots__ = ("budget", "by_message", "by_payload", "size")
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        # An OrderedDict: dropping the oldest entry of a plain dict over and over gets slower
+        # and slower (finding the next oldest skips every deleted slot).
+        self.by_payload: OrderedDict[int, Decoded] = OrderedDict()
+        self.by_message: dict[int, Decoded] = {}
+
+    def of_payload(self, payload: bytes) -> Decoded | None:
+        """The entry of this very payload object, or None."""
+        entry = self.by_payload.get(id(payload))
+        return entry if entry is not None and entry.payload is payload else None
+
+    def of_message(self, message: Message) -> Decoded | None:
+        """The entry whose message is this very object, or None."""
+        entry = self.by_message.get(id(message))
+        return entry if entry is not None and entry.message is message else None
+
+    def keep(self, entry: Decoded) -> None:
+        """Add a new entry (its payload and message are in no entry yet)."""
+        size = len(entry.payload)
+        self.by_payload[id(entry.payload)] = entry
+        self.by_message[id(entry.message)] = entry
+        self.size += size
+        while self.size > self.budget:
+            old = self.by_payload.popitem(last=False)[1]
+            del self.by_message[id(old.message)]
+            self.size -= len(old.payload)
+
+
+DECODED = DecodedRecords(CACHE_BYTES)
 
 
 def filter_value(message: Message) -> str | None:
@@ -52,25 +114,47 @@ class StoredMessage:
 
     __slots__ = ("filter", "message")
 
+    filter: str | None
+    message: Message
+
     def __init__(self, payload: bytes):
+        shared = id(payload) in SHARED_RECENT.payload_ids  # other cursors get this object
+        if shared:
+            decoded = DECODED.of_payload(payload)
+            if decoded is not None:
+                self.filter = decoded.filter
+                self.message = decoded.message
+                return
         exchange_len, key_len, filter_len, header_len = _PREFIX.unpack_from(payload, 0)
         at = _PREFIX.size
         exchange = payload[at:at + exchange_len].decode("utf-8")
         at += exchange_len
         routing_key = payload[at:at + key_len].decode("utf-8")
         at += key_len
-        self.filter: str | None = None
+        self.filter = None
         if filter_len != _NO_FILTER:
             self.filter = payload[at:at + filter_len].decode("utf-8", "replace")
             at += filter_len
         header = payload[at:at + header_len]
         at += header_len
         self.message = Message(route_for(exchange, routing_key), header, payload[at:])
+        if shared:
+            DECODED.keep(Decoded(payload, self.filter, self.message))
 
 
 def with_offset(message: Message, offset: int) -> Message:
     """The message to deliver: its content header with ``x-stream-offset`` (a signed 64-bit
     integer, as RabbitMQ sends it) added to the headers table."""
+    decoded = DECODED.of_message(message)
+    if decoded is None:
+        return _with_offset(message, offset)
+    if decoded.delivery is None or decoded.offset != offset:
+        decoded.delivery = _with_offset(message, offset)
+        decoded.offset = offset
+    return decoded.delivery
+
+
+def _with_offset(message: Message, offset: int) -> Message:
     header = message.header_payload
     flags = codec.header_flags(header)
     at = 14  # class id, weight, body size, property flags

@@ -13,6 +13,13 @@ Theory of operation:
   per ack, and written to ``groups.log`` in the stream's directory: one JSON line
   ``[name, offset]`` per change, the last line per name wins, compacted when opened. A
   torn last line after a crash is ignored (that commit was not yet durable).
+- Who may receive: a *member* is a channel (:func:`member_of`); ``owed`` counts each
+  member's deliveries not yet settled. A shared group delivers to every member; a
+  *restricted* group only to ``owner``'s consumers -- the first member of an exclusive group
+  (``x-single-active-consumer``), or the member a partitioned group assigned this stream to
+  (:mod:`amqpd.streams.partitions`). While another member still owes deliveries of the
+  group, the owner waits (``handing_over``): the old owner's messages are settled or given
+  back (then redelivered first) before anything newer goes out, so order is never broken.
 """
 
 from __future__ import annotations
@@ -34,11 +41,23 @@ LOGGER = logging.getLogger(__name__)
 GROUPS_FILE = "groups.log"
 
 
+def member_of(consumer: QueueConsumer) -> object:
+    """The group member a consumer belongs to: its channel.
+
+    A channel, not a connection, because it is the unit that receives in order, holds the
+    unacked deliveries and gives them back when it closes; a process that wants several
+    members opens several channels. The broker's ``QueueConsumer`` protocol does not name
+    the channel (the broker never needs it), so it is read by attribute; a consumer without
+    one is a member of its own.
+    """
+    return getattr(consumer, "channel", consumer)
+
+
 class Group:
     """One consumer group of one stream."""
 
-    __slots__ = ("cursor", "dirty", "members", "name", "outstanding", "redeliver", "spec",
-                 "stored")
+    __slots__ = ("active", "cursor", "dirty", "exclusive", "members", "name", "outstanding",
+                 "owed", "owner", "redeliver", "restricted", "spec", "stored")
 
     def __init__(self, name: str, cursor: Cursor, stored: int | None):
         self.name = name
@@ -48,7 +67,53 @@ class Group:
         self.outstanding: set[int] = set()
         self.redeliver: list[int] = []  # a heap
         self.spec: ConsumeSpec | None = None  # the filters of the member that started it
+        # The committed offset may have moved since the last sync (the stream keeps a list
+        # of such groups: StreamQueue._commit_due).
         self.dirty = False
+        # x-single-active-consumer, set by the first member to join an empty group.
+        self.exclusive = False
+        # Restricted: only ``owner``'s consumers receive (None: nobody, e.g. a partition
+        # that no member is assigned). Not restricted: every member shares.
+        self.restricted = False
+        self.owner: object | None = None
+        self.active: list[QueueConsumer] = self.members  # who the dispatch feeds
+        self.owed: dict[object, int] = {}  # member -> deliveries not yet settled (> 0)
+
+    @property
+    def handing_over(self) -> bool:
+        """Another member than the owner still owes deliveries: the owner must wait."""
+        owed = self.owed
+        return self.restricted and bool(owed) and (len(owed) > 1 or self.owner not in owed)
+
+    def assign(self, restricted: bool, owner: object | None) -> bool:
+        """Who may receive now; True when that changed."""
+        changed = restricted != self.restricted or owner is not self.owner
+        self.restricted = restricted
+        self.owner = owner
+        self.members_changed()
+        return changed
+
+    def assign_alone(self) -> bool:
+        """A group that is no partition: exclusive -- the first member in join order
+        receives, the others wait; otherwise all members share."""
+        if self.exclusive:
+            return self.assign(True, member_of(self.members[0]) if self.members else None)
+        return self.assign(False, None)
+
+    def members_changed(self) -> None:
+        """Recompute the consumers the dispatch feeds (after a join, a leave, an assign)."""
+        if not self.restricted:
+            self.active = self.members
+        else:
+            owner = self.owner
+            self.active = [c for c in self.members if member_of(c) is owner]
+
+    def _repaid(self, member: object) -> None:
+        count = self.owed.get(member, 0) - 1
+        if count > 0:
+            self.owed[member] = count
+        else:
+            self.owed.pop(member, None)
 
     @property
     def committed(self) -> int:
@@ -60,13 +125,19 @@ class Group:
             low = min(low, self.redeliver[0])
         return low
 
-    def settled(self, offset: int) -> None:
+    def settled(self, offset: int, member: object) -> None:
         """An offset was acked (or rejected): it no longer holds the commit back."""
         self.outstanding.discard(offset)
-        self.dirty = True
+        owed = self.owed  # _repaid, inlined: this runs once per ack
+        count = owed.get(member, 0) - 1
+        if count > 0:
+            owed[member] = count
+        else:
+            owed.pop(member, None)
 
-    def returned(self, offset: int) -> None:
+    def returned(self, offset: int, member: object) -> None:
         """An offset came back unsettled: deliver it again to some member."""
+        self._repaid(member)
         if offset in self.outstanding:
             self.outstanding.discard(offset)
             heapq.heappush(self.redeliver, offset)

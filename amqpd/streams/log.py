@@ -20,6 +20,12 @@ Theory of operation:
   ``max_age_ms``. Readers positioned in a dropped segment continue at the new first offset.
 - Memory per log: one small object per segment plus its sparse index (24 bytes per
   ``INDEX_EVERY`` bytes of data). Readers hold a position, never records.
+- While several cursors take turns reading a log, the records they read stay in memory in
+  :class:`RecentRecords` (one budget of ``RECENT_BYTES`` for every log of the process):
+  consumers reading the same part of a stream (all of them tailing it, several replaying
+  it) read each record once, not once each -- and the same payload object lets
+  :mod:`amqpd.streams.content` reuse its decoding too. A lone reader keeps nothing: holding
+  records it never reads again would only cost it time (measured: about 3 us a record).
 
 Pure and synchronous: no asyncio, nothing from amqpd.
 """
@@ -32,6 +38,7 @@ import os
 import struct
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +48,9 @@ INDEX_ENTRY = struct.Struct("<qqq")  # offset, position in the segment, timestam
 INDEX_EVERY = 64 * 1024
 READ_CHUNK = 256 * 1024
 FLUSH_AT = 256 * 1024
+RECENT_BYTES = 4 * 1024 * 1024  # payload bytes of recent records, all logs together
+RECENT_RECORD_MAX = 64 * 1024  # larger records are read by each cursor on its own
+SHARE_WINDOW = 4096  # records kept after another cursor was seen reading the log
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
 
 
@@ -130,6 +140,49 @@ def _scan(data: bytes, start: int, expected_offset: int) -> tuple[list[tuple[int
     return found, position
 
 
+class RecentRecords:
+    """Records cursors recently read, of every log, for the cursors that come next:
+    ``(id(log), offset) -> (log, record, its segment, file position after it)``, the oldest
+    dropped past ``budget`` bytes of payload. An entry holds its log, so the id in its key
+    cannot be reused while the entry lives."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.size = 0
+        # An OrderedDict: popping the oldest of a plain dict again and again makes finding
+        # the next oldest slower and slower, as it skips the deleted slots.
+        self.entries: OrderedDict[tuple[int, int], tuple[SegmentLog, Record, Segment, int]] = \
+            OrderedDict()
+        # ids of the payloads held: the decoding cache keeps only what cursors will share.
+        self.payload_ids: set[int] = set()
+
+    def put(self, log: SegmentLog, record: Record, segment: Segment, end: int) -> None:
+        """Keep a record (not when it is larger than ``RECENT_RECORD_MAX``)."""
+        size = len(record.payload)
+        key = (id(log), record.offset)
+        entries = self.entries
+        if size > RECENT_RECORD_MAX or key in entries:
+            return
+        entries[key] = (log, record, segment, end)
+        self.payload_ids.add(id(record.payload))
+        self.size += size
+        while self.size > self.budget:
+            self._dropped(entries.popitem(last=False)[1][1])
+
+    def _dropped(self, record: Record) -> None:
+        self.size -= len(record.payload)
+        self.payload_ids.discard(id(record.payload))
+
+    def forget(self, log: SegmentLog) -> None:
+        """Drop every entry of ``log`` (a segment dropped or the log closed: rare)."""
+        entries = self.entries
+        for key in [k for k, entry in entries.items() if entry[0] is log]:
+            self._dropped(entries.pop(key)[1])
+
+
+SHARED_RECENT = RecentRecords(RECENT_BYTES)
+
+
 class SegmentLog:
     """The log of one stream in ``directory`` (created when missing, recovered when not)."""
 
@@ -140,6 +193,7 @@ class SegmentLog:
         max_bytes: int | None = None,
         max_age_ms: int | None = None,
         clock: Callable[[], float] = time.time,
+        recent: RecentRecords = SHARED_RECENT,
     ):
         self.directory = directory
         self.max_segment_bytes = max_segment_bytes
@@ -154,6 +208,9 @@ class SegmentLog:
         self._dirty: set[Segment] = set()
         self.total_bytes = 0
         self.dropped_segments = 0
+        self.recent = recent
+        self.last_reader = 0  # id() of the cursor that read last (no reference held)
+        self.share_left = 0  # records still to keep for other cursors
         directory.mkdir(parents=True, exist_ok=True)
         self._recover()
 
@@ -336,6 +393,7 @@ class SegmentLog:
         self.total_bytes -= segment.size
         self.dropped_segments += 1
         self._dirty.discard(segment)
+        self.recent.forget(self)  # no entry may point into a closed segment
         segment.close()
         for path in (segment.path, segment.index_path):
             with contextlib.suppress(FileNotFoundError):
@@ -373,6 +431,7 @@ class SegmentLog:
     def close(self) -> None:
         """Flush and close every file (no fsync: call sync first when that matters)."""
         self.flush()
+        self.recent.forget(self)
         for segment in self.segments:
             segment.close()
 
@@ -400,8 +459,9 @@ class Cursor:
 
     @property
     def at_end(self) -> bool:
-        """True when every record has been read."""
-        return self.offset >= self.log.next_offset
+        """True when every record has been read (asked before every delivery: no
+        property chain)."""
+        return self.offset >= self.log.segments[-1].next_offset
 
     def _locate(self) -> Segment:
         segment = self.log.segment_for(self.offset)
@@ -435,25 +495,47 @@ class Cursor:
     def read(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records from the cursor, which moves past them."""
         log = self.log
-        if self.offset < log.first_offset:  # retention dropped the segment we were in
-            self.seek(log.first_offset)
-        if self.offset >= log.next_offset or max_records <= 0:
-            return []
-        log.flush()
-        segment = self._segment
-        if segment is None or segment.fd < 0 or self.offset >= segment.next_offset:
-            segment = self._locate()
+        if self.offset < log.segments[0].first_offset:  # retention dropped our segment
+            self.seek(log.segments[0].first_offset)
+        offset = self.offset
+        end_offset = log.segments[-1].next_offset
+        if log.last_reader != id(self):  # cursors take turns: keep what they read
+            log.last_reader = id(self)
+            log.share_left = SHARE_WINDOW
         records: list[Record] = []
-        while len(records) < max_records and self.offset < log.next_offset:
-            if self.offset >= segment.next_offset:
+        recent = log.recent.entries
+        log_id = id(log)
+        segment = self._segment
+        flushed = False
+        while len(records) < max_records and offset < end_offset:
+            hit = recent.get((log_id, offset))
+            if hit is not None:  # another cursor read it: no read, no decode
+                _, record, segment_of, end = hit
+                if segment_of is not segment:
+                    segment = self._segment = segment_of
+                    self._buffer = b""
+                self._position = end
+                records.append(record)
+                offset += 1
+                continue
+            if not flushed:
+                log.flush()
+                flushed = True
+            if segment is None or segment.fd < 0 or offset >= segment.next_offset:
+                self.offset = offset
                 segment = self._locate()
-            record = self._next_record(segment)
-            if record is None:
+            read = self._next_record(segment)
+            if read is None:
                 break
-            if record.offset < self.offset:
+            if read.offset < offset:
                 continue  # scanning forward from the index entry
+            record = read
+            if log.share_left > 0:
+                log.share_left -= 1
+                log.recent.put(log, record, segment, self._position)
             records.append(record)
-            self.offset = record.offset + 1
+            offset = record.offset + 1
+        self.offset = offset
         return records
 
 

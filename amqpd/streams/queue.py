@@ -6,13 +6,28 @@ Theory of operation:
   outside the store must be synced before the current batch counts as committed, so a
   publisher confirm goes out only after the append is fsync'd (see :mod:`amqpd.streams`).
 - Each plain consumer has a :class:`ConsumerState` with its own cursor; a consumer with
-  ``x-stream-group`` shares its group's cursor (:mod:`amqpd.streams.groups`). ``dispatch``
-  reads from the log only as far as consumers have credit: deliveries are built from the
-  log's bytes as they go out, nothing is queued per consumer.
+  ``x-stream-group`` shares its group's cursor (:mod:`amqpd.streams.groups`). Feeding a
+  *reader* (a plain consumer's state, or a group) reads from the log only as far as its
+  consumers have credit: deliveries are built from the log's bytes as they go out, nothing
+  is queued per consumer.
+- Only readers that may deliver are visited, so the work per event does not grow with the
+  number of readers: a reader that stopped is either *caught up* (at the end of the log:
+  fed again by ``push``) or *stalled* (behind, but no consumer could take: fed again by a
+  ``dispatch``). An ack, reject or requeue *wakes* the reader of that delivery, and the
+  ``dispatch`` the channel runs right after its settles feeds only the woken readers; any
+  other ``dispatch`` (output drained, channel.flow, basic.qos) also feeds every stalled
+  reader. A channel with a global prefetch shares its credit among its consumers, so a
+  settle there is followed by a full dispatch as well.
 - Settling: an ack (or a nack/reject, which RabbitMQ 3.13+ also treats as settled) frees
   credit; for a group it also lets the commit move on. A requeue or a closed channel gives
   a group's offsets back for another member; plain consumers never get redeliveries (a
   stream is not consumed destructively).
+- Who in a group receives: every member (shared), the first member only
+  (``x-single-active-consumer``), or, for a stream bound to an ``x-consistent-hash``
+  exchange, the member the partitioned group assigned it to; a new owner waits until the
+  old one's deliveries are settled or given back (:mod:`amqpd.streams.groups`,
+  :mod:`amqpd.streams.partitions`). ``dispatch`` notices binding changes by the journal's
+  ``definitions_version``.
 - Retention runs when a segment rolls and at most once a second on publish.
 """
 
@@ -27,11 +42,12 @@ from typing import TYPE_CHECKING
 
 from amqpd.broker.message import QueueEntry
 from amqpd.broker.queue import Queue
-from amqpd.protocol.errors import ConnectionLevelError
-from amqpd.streams import content
+from amqpd.protocol.errors import ChannelError, ConnectionLevelError
+from amqpd.streams import content, partitions
 from amqpd.streams.arguments import ConsumeSpec, OffsetSpec, StreamSettings, parse_consume
-from amqpd.streams.groups import Group, GroupStore
+from amqpd.streams.groups import Group, GroupStore, member_of
 from amqpd.streams.log import Cursor, SegmentLog
+from amqpd.streams.partitions import PartitionedGroup
 
 if TYPE_CHECKING:
     from amqpd.broker.consumer import QueueConsumer
@@ -43,22 +59,38 @@ RETENTION_EVERY = 1.0  # seconds between retention checks on publish
 
 
 class StreamEntry(QueueEntry):
-    """A delivery from a stream: ``seq`` is the offset, ``group`` the group it counts for."""
+    """A delivery from a stream: ``seq`` is the offset, ``group`` the group it counts for
+    and ``member`` the group member (channel) it went to; ``reader`` the plain consumer's
+    state it went to (None for a group's delivery)."""
 
-    __slots__ = ("group",)
+    __slots__ = ("group", "member", "reader")
 
     group: Group | None
+    member: object
+    reader: ConsumerState | None
 
 
 class ConsumerState:
     """What a stream knows of one consumer: its spec and, outside groups, its cursor."""
 
-    __slots__ = ("cursor", "group", "spec")
+    __slots__ = ("consumer", "cursor", "detached", "group", "member", "spec")
 
-    def __init__(self, spec: ConsumeSpec, cursor: Cursor | None, group: Group | None):
+    def __init__(self, consumer: QueueConsumer, spec: ConsumeSpec, cursor: Cursor | None,
+                 group: Group | None):
+        self.consumer = consumer
+        self.member = member_of(consumer)  # its channel, asked on every ack
         self.spec = spec
         self.cursor = cursor
         self.group = group
+        self.detached = False  # the consumer left: a late ack must not feed it
+
+
+def _shares_credit(member: object) -> bool:
+    """Whether ``member``'s consumers share one credit (a channel's global prefetch,
+    basic.qos with global=true): then a settle by one of them may let any other take.
+    Read by attribute for the reason :func:`amqpd.streams.groups.member_of` gives; here,
+    not in groups.py, because this module is compiled and this runs on every ack."""
+    return bool(getattr(member, "global_prefetch_count", 0))
 
 
 def _wanted(spec: ConsumeSpec, stored: content.StoredMessage) -> bool:
@@ -100,6 +132,21 @@ class StreamQueue(Queue):
         self.group_store = GroupStore(directory)
         self.groups: dict[str, Group] = {}
         self.states: dict[QueueConsumer, ConsumerState] = {}
+        # Group name -> its partitioned group, while this stream is a partition of one.
+        self.coordinators: dict[str, PartitionedGroup] = {}
+        self._definitions_seen = vhost.journal.definitions_version
+        # The readers (plain consumers' states and groups with members) by what they wait
+        # for: every reader is in one of the first two after it was fed (see the module's
+        # docstring); ``woken`` got credit back since.
+        self._caught_up: dict[ConsumerState | Group, None] = {}
+        self._stalled: dict[ConsumerState | Group, None] = {}
+        self._woken: dict[ConsumerState | Group, None] = {}
+        self._feeding: ConsumerState | Group | None = None  # the reader being fed now
+        # Set by a settle, consumed by the dispatch that follows it (see ``dispatch``).
+        self._after_settle = False
+        self._sweep_due = False
+        # The groups whose committed offset may have moved since the last sync.
+        self._dirty_groups: list[Group] = []
         self._next_retention = 0.0
         self._dropped_seen = 0
         self.log.apply_retention()
@@ -117,8 +164,9 @@ class StreamQueue(Queue):
 
     @property
     def has_ready(self) -> bool:
-        """Some consumer may be behind the end of the log."""
-        return bool(self.consumers)
+        """A reader is behind the end of the log and waits for credit, or just got credit
+        back: only then can a ``dispatch`` deliver (a caught-up reader is fed by ``push``)."""
+        return bool(self._woken) or bool(self._stalled)
 
     def take(self) -> QueueEntry | None:
         """basic.get: 540 NOT_IMPLEMENTED, as RabbitMQ."""
@@ -133,8 +181,17 @@ class StreamQueue(Queue):
     def check_consume(
         self, no_ack: bool, prefetch_count: int, arguments: Mapping[str, object]
     ) -> None:
-        """Refuse a basic.consume before consume-ok (RabbitMQ's codes)."""
-        parse_consume(arguments, self.describe(), no_ack, prefetch_count)
+        """Refuse a basic.consume before consume-ok (RabbitMQ's codes; 406 for an
+        x-single-active-consumer that differs from the group's members)."""
+        spec = parse_consume(arguments, self.describe(), no_ack, prefetch_count)
+        if spec.group is None:
+            return
+        current = partitions.exclusive_setting(self, spec.group)
+        if current is not None and current != spec.exclusive:
+            raise ChannelError(
+                406, f"invalid arg 'x-single-active-consumer' for {self.describe()}: "
+                     f"consumer group '{spec.group}' has members with "
+                     f"x-single-active-consumer={str(current).lower()}", 60, 20)
 
     # -- publishing --------------------------------------------------------------------
 
@@ -151,7 +208,8 @@ class StreamQueue(Queue):
         if log.dropped_segments != self._dropped_seen:
             self._after_retention()
         if self.consumers:
-            self.dispatch()
+            self._check_definitions()
+            self._run(list(self._caught_up))  # a stalled reader has data already
         return True
 
     def _after_retention(self) -> None:
@@ -167,7 +225,7 @@ class StreamQueue(Queue):
                 group.redeliver = [o for o in group.redeliver if o >= first]
                 if group.cursor.offset < first:
                     group.cursor.seek(first)
-                group.dirty = True
+                self._commit_due(group)
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -191,18 +249,25 @@ class StreamQueue(Queue):
         arguments = dict(consumer.arguments)
         spec = parse_consume(arguments, self.describe(), False, 1)
         if spec.group is None:
-            state = ConsumerState(spec, Cursor(self.log, self._start(spec.offset)), None)
+            state = ConsumerState(consumer, spec, Cursor(self.log, self._start(spec.offset)),
+                                  None)
         else:
             group = self.groups.get(spec.group)
             if group is None:
                 group = self._open_group(spec)
+            if not group.members:
+                group.exclusive = spec.exclusive
             group.members.append(consumer)
-            state = ConsumerState(group.spec or spec, None, group)
+            state = ConsumerState(consumer, group.spec or spec, None, group)
         self.states[consumer] = state
         self.consumers.append(consumer)
         self.had_consumers = True
         self.last_used = time.monotonic()
-        self.dispatch()
+        if state.group is not None:
+            state.group.members_changed()
+            partitions.regroup(self, state.group, member_of(consumer))
+        self._check_definitions()
+        self._run([state] if state.group is None else [state.group])
 
     def _open_group(self, spec: ConsumeSpec) -> Group:
         """A group's first member since the broker started: resume at the committed offset,
@@ -221,7 +286,7 @@ class StreamQueue(Queue):
         group = Group(spec.group, Cursor(self.log, start), stored)
         group.spec = spec
         if stored is None or stored != group.cursor.offset:
-            group.dirty = True  # the group's start is its first commit
+            self._commit_due(group)  # the group's start is its first commit
             self._commit_soon()
         self.groups[spec.group] = group
         return group
@@ -233,35 +298,126 @@ class StreamQueue(Queue):
             self.consumers.remove(consumer)
         except ValueError:
             return
-        if state is not None and state.group is not None:
-            state.group.members.remove(consumer)
         self.last_used = time.monotonic()
-        if self.consumers:
-            self.dispatch()
+        if state is None:
+            return
+        group = state.group
+        if group is None:
+            state.detached = True
+            self._forget(state)
+            return
+        group.members.remove(consumer)
+        group.members_changed()
+        partitions.regroup(self, group, None)
+        self._check_definitions()
+        # Another member may take over now (the next of an exclusive group, say).
+        self._run([group])
 
     # -- delivering --------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Deliver to every consumer as far as its credit goes."""
-        for consumer, state in list(self.states.items()):
-            if state.group is None and state.cursor is not None:
-                self._feed(consumer, state.cursor, state.spec)
-        for group in self.groups.values():
-            if group.members:
-                self._feed_group(group)
+        """Deliver as far as credit goes. Right after settles (``Channel._settle`` acks, then
+        dispatches) only the readers those settles woke can deliver more; otherwise
+        something outside the stream may have let consumers take again (the output drained,
+        channel.flow, basic.qos), so every stalled reader is fed too."""
+        self._check_definitions()
+        sweep = self._sweep_due or not self._after_settle
+        self._after_settle = self._sweep_due = False
+        self._run(list(self._stalled) if sweep else [])
 
-    def _feed(self, consumer: QueueConsumer, cursor: Cursor, spec: ConsumeSpec) -> None:
-        while not cursor.at_end and consumer.can_take():
+    def dispatch_group(self, group: Group) -> None:
+        """Feed one group whose owner changed (:mod:`amqpd.streams.partitions`)."""
+        self._run([group])
+
+    def _check_definitions(self) -> None:
+        """A binding may have made this stream a partition, or stopped it being one."""
+        if self.groups:
+            version = self.vhost.journal.definitions_version
+            if version != self._definitions_seen:
+                self._definitions_seen = version
+                partitions.bindings_changed(self)
+
+    def _run(self, readers: list[ConsumerState | Group]) -> None:
+        """Feed ``readers``, then every reader woken meanwhile."""
+        for reader in readers:
+            self._visit(reader)
+        woken = self._woken
+        while woken:
+            readers = list(woken)
+            woken.clear()
+            for reader in readers:
+                self._visit(reader)
+        # A settle that no dispatch followed (none does while the stream has no consumers)
+        # must not make a later dispatch skip the stalled readers.
+        self._after_settle = self._sweep_due = False
+
+    def _visit(self, reader: ConsumerState | Group) -> None:
+        """Feed one reader and file it under what it waits for now."""
+        if isinstance(reader, Group):
+            if not reader.members:
+                self._forget(reader)  # it waits for a member to join
+                return
+        elif reader.detached:
+            return
+        outer = self._feeding
+        self._feeding = reader
+        try:
+            behind = self._feed_group(reader) if isinstance(reader, Group) \
+                else self._feed(reader)
+        finally:
+            self._feeding = outer
+        if behind:
+            self._caught_up.pop(reader, None)
+            self._stalled[reader] = None
+        else:
+            self._stalled.pop(reader, None)
+            self._caught_up[reader] = None
+
+    def _forget(self, reader: ConsumerState | Group) -> None:
+        self._caught_up.pop(reader, None)
+        self._stalled.pop(reader, None)
+        self._woken.pop(reader, None)
+
+    def _credit_back(self, reader: ConsumerState | Group, member: object) -> None:
+        """A delivery of ``reader`` (to ``member``, a channel) was settled or given back."""
+        if self._feeding is not None:
+            # Settled while the stream delivers: a no-ack delivery, which frees no credit;
+            # and no dispatch follows it, so it must not mark one as after-settle.
+            if reader is not self._feeding:
+                self._woken[reader] = None
+            return
+        woken = self._woken
+        if isinstance(reader, ConsumerState) and reader in woken:
+            return  # an earlier settle of this batch woke it (one channel: already asked)
+        woken[reader] = None
+        self._after_settle = True
+        if _shares_credit(member):
+            self._sweep_due = True  # any stalled consumer of that channel may take now
+
+    def _feed(self, state: ConsumerState) -> bool:
+        """Deliver to a plain consumer; True when it stopped behind the end of the log."""
+        consumer = state.consumer
+        cursor = state.cursor
+        assert cursor is not None
+        spec = state.spec
+        while not cursor.at_end:
+            if not consumer.can_take():
+                return True
             records = cursor.read(1)
             if not records:
-                return
+                return False
             record = records[0]
             stored = content.StoredMessage(record.payload)
             if _wanted(spec, stored):
-                self._deliver(consumer, record.offset, stored.message, None)
+                self._deliver(consumer, record.offset, stored.message, None, state)
+        return False
 
-    def _feed_group(self, group: Group) -> None:
-        members = group.members
+    def _feed_group(self, group: Group) -> bool:
+        """Deliver to a group's members; True when it stopped with offsets still to deliver
+        (behind the end of the log, or redeliveries)."""
+        if group.handing_over:
+            return True  # the previous owner's deliveries are settled or given back first
+        members = group.active
         spec = group.spec
         assert spec is not None
         turn = 0
@@ -279,7 +435,7 @@ class StreamQueue(Queue):
                 if records:
                     stored = content.StoredMessage(records[0].payload)
                     group.outstanding.add(offset)
-                    self._deliver(member, offset, stored.message, group, True)
+                    self._deliver(member, offset, stored.message, group, None, True)
                 idle = 0
                 continue
             delivered = False
@@ -288,22 +444,32 @@ class StreamQueue(Queue):
                 if not records:
                     break
                 stored = content.StoredMessage(records[0].payload)
-                group.dirty = True
+                if not group.dirty:
+                    self._commit_due(group)
                 if _wanted(spec, stored):
                     group.outstanding.add(records[0].offset)
-                    self._deliver(member, records[0].offset, stored.message, group)
+                    self._deliver(member, records[0].offset, stored.message, group, None)
                     delivered = True
                     break
             if not delivered:
-                return
+                return False
             idle = 0
+        return not group.cursor.at_end or bool(group.redeliver)
 
     def _deliver(
         self, consumer: QueueConsumer, offset: int, message: Message, group: Group | None,
-        redelivered: bool = False,
+        reader: ConsumerState | None, redelivered: bool = False,
     ) -> None:
         entry = StreamEntry(content.with_offset(message, offset), offset)
         entry.group = group
+        entry.reader = reader
+        if group is not None:
+            # Counted here, not by a Group method: this module is compiled, groups.py
+            # is not, and this runs once per delivery.
+            member = getattr(consumer, "channel", consumer)  # groups.member_of
+            entry.member = member
+            owed = group.owed
+            owed[member] = owed.get(member, 0) + 1
         entry.state = QueueEntry.DELIVERED
         entry.redelivered = redelivered
         self.stat_deliver_get += 1
@@ -315,10 +481,18 @@ class StreamQueue(Queue):
         if entry.state is not QueueEntry.DELIVERED:
             return
         entry.state = QueueEntry.GONE
-        group = entry.group if isinstance(entry, StreamEntry) else None
+        if not isinstance(entry, StreamEntry):
+            return
+        group = entry.group
         if group is not None:
-            group.settled(entry.seq)
+            group.settled(entry.seq, entry.member)
+            self._commit_due(group)
             self._commit_soon()
+            self._credit_back(group, entry.member)
+        else:
+            reader = entry.reader
+            if reader is not None:
+                self._credit_back(reader, reader.member)
 
     def acknowledge(self, entry: QueueEntry) -> None:
         """An ack frees credit (the channel counts it); a group's commit may move on."""
@@ -334,12 +508,14 @@ class StreamQueue(Queue):
         """Plain consumers: settled (a stream does not redeliver). Group members: the offsets
         go back to the group for the next member with credit."""
         for entry in entries:
-            group = entry.group if isinstance(entry, StreamEntry) else None
-            if group is None or self.deleted:
+            if not isinstance(entry, StreamEntry) or entry.group is None or self.deleted:
                 self._settle(entry)
                 continue
+            if entry.state is not QueueEntry.DELIVERED:
+                continue
             entry.state = QueueEntry.GONE
-            group.returned(entry.seq)
+            entry.group.returned(entry.seq, entry.member)
+            self._credit_back(entry.group, entry.member)
             self.stat_redeliver += 1
         if self.consumers:
             self.dispatch()
@@ -347,13 +523,22 @@ class StreamQueue(Queue):
     def _commit_soon(self) -> None:
         self.vhost.journal.mark_external()
 
+    def _commit_due(self, group: Group) -> None:
+        """``group``'s committed offset may have moved: look at it on the next sync (a list,
+        so that a sync does not visit every group of the stream)."""
+        if not group.dirty:
+            group.dirty = True
+            self._dirty_groups.append(group)
+
     # -- durability (called by amqpd.streams.StreamTypes around each group commit) ------
 
     def sync_handles(self) -> list[int]:
         """Write what is buffered (appends, changed group commits); descriptors to fsync."""
         commits = {}
-        for group in self.groups.values():
-            if group.dirty:
+        dirty = self._dirty_groups
+        if dirty:
+            self._dirty_groups = []
+            for group in dirty:
                 group.dirty = False
                 committed = group.committed
                 if committed != group.stored:
@@ -381,17 +566,37 @@ class StreamQueue(Queue):
     def group_report(self) -> list[dict[str, object]]:
         """Each consumer group as the management API, ``amqpd ctl list_stream_groups`` and
         Prometheus show it: committed offset, lag, consumers now."""
-        return [
-            {"group": name, "committed_offset": committed, "lag": lag,
-             "consumers": len(self.groups[name].members) if name in self.groups else 0}
-            for name, (committed, lag) in self.group_lag().items()
-        ]
+        rows: list[dict[str, object]] = []
+        for name, (committed, lag) in self.group_lag().items():
+            group = self.groups.get(name)
+            row: dict[str, object] = {
+                "group": name, "committed_offset": committed, "lag": lag,
+                "consumers": len(group.members) if group is not None else 0}
+            if group is not None and group.restricted:
+                # Exclusive and partitioned groups: who receives now, and whether it waits
+                # for the previous owner's deliveries.
+                row["active_consumers"] = [consumer.tag for consumer in group.active]
+                row["handing_over"] = group.handing_over
+                if group.exclusive:
+                    row["single_active_consumer"] = True
+                coordinator = self.coordinators.get(name)
+                if coordinator is not None:
+                    row["partition_of"] = coordinator.exchange
+            rows.append(row)
+        return rows
 
     def on_deleted(self) -> None:
         """The stream was deleted: its files go too."""
         super().on_deleted()
         self.states.clear()
         self.groups.clear()
+        self._caught_up.clear()
+        self._stalled.clear()
+        self._woken.clear()
+        self._dirty_groups.clear()
+        for coordinator in list(self.coordinators.values()):
+            coordinator.rebalance()  # the other partitions are shared out again
+        self.coordinators.clear()
         self.log.close()
         self.group_store.close()
         shutil.rmtree(self.directory, ignore_errors=True)
