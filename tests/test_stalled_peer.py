@@ -3,7 +3,8 @@ to its queue: the broker's output for that connection stays bounded by the outpu
 watermark (``limits.output_high_watermark``, 1 MiB), the rest of the messages wait in the
 queue, and other clients keep their throughput.
 
-``python -m tests.test_stalled_peer [MESSAGES]`` prints the README figure (a bigger run).
+``python -m tests.test_stalled_peer [MESSAGES]`` prints the README figure (a bigger run);
+``python -m interop.reliability_rabbitmq stalled`` runs the same measurement on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 import termios
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pika
 from pamqp import commands
@@ -26,6 +28,17 @@ from .fuzz.mutations import handshake, method
 
 MESSAGE = 64 * 1024
 WATERMARK = 1024 * 1024
+
+
+class Target(Protocol):
+    """The broker measured: amqpd's ``BrokerProcess`` or a RabbitMQ node (``pid``: its
+    beam.smp, whose RSS is read)."""
+
+    host: str
+    port: int
+
+    @property
+    def pid(self) -> int: ...
 
 
 def rss_bytes(pid: int) -> int:
@@ -49,7 +62,7 @@ def send_queue_bytes(local_port: int, remote_port: int) -> int:
     return 0
 
 
-def stalled_consumer(broker: BrokerProcess, queue: str) -> socket.socket:
+def stalled_consumer(broker: Target, queue: str) -> socket.socket:
     """A raw client that consumes ``queue`` with no prefetch limit, then never reads again.
     Its receive buffer is kept small so the kernel holds little of what was sent."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -81,7 +94,7 @@ def unread_bytes(sock: socket.socket) -> int:
     return int.from_bytes(buffer, sys.byteorder)
 
 
-def round_trips_per_second(broker: BrokerProcess, queue: str, count: int = 500) -> float:
+def round_trips_per_second(broker: Target, queue: str, count: int = 500) -> float:
     """Another client's publish -> consume rate on its own queue."""
     connection = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
     channel = connection.channel()
@@ -105,7 +118,7 @@ def round_trips_per_second(broker: BrokerProcess, queue: str, count: int = 500) 
     return count / elapsed
 
 
-def measure(broker: BrokerProcess, messages: int) -> dict[str, float]:
+def measure(broker: Target, messages: int) -> dict[str, float]:
     """Stall a consumer, publish ``messages`` of 64 KiB to its queue, and measure."""
     baseline_rate = round_trips_per_second(broker, "other")
     stalled = stalled_consumer(broker, "stalled")
@@ -140,13 +153,13 @@ def test_a_stalled_consumer_costs_at_most_the_output_watermark(tmp_path: Path) -
         figures = measure(broker, 300)  # 19 MiB, far more than watermark and socket buffers
     finally:
         assert broker.stop() == 0
-    print(_report(figures))
+    print(report(figures))
     assert figures["delivered"] < figures["published"] / 2  # the rest waits in the queue
     assert figures["buffered"] <= WATERMARK + 2 * MESSAGE
     assert figures["rate_during"] > figures["rate_before"] / 3  # others keep moving
 
 
-def _report(figures: dict[str, float]) -> str:
+def report(figures: dict[str, float]) -> str:
     mib = 1024 * 1024
     return (f"stalled consumer: published {figures['published'] / mib:.0f} MiB, handed to the "
             f"connection {figures['delivered'] / mib:.1f} MiB (kernel buffers "
@@ -160,6 +173,6 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as directory:
         process = BrokerProcess(Path(directory))
         try:
-            print(_report(measure(process, int(sys.argv[1]) if len(sys.argv) > 1 else 3000)))
+            print(report(measure(process, int(sys.argv[1]) if len(sys.argv) > 1 else 3000)))
         finally:
             process.stop()

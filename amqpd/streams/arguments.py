@@ -191,12 +191,7 @@ def parse_consume(
     if "x-stream-filter" in arguments:
         spec.filters = _filter_values(arguments["x-stream-filter"], describe)
     if "x-stream-match-unfiltered" in arguments:
-        flag = arguments["x-stream-match-unfiltered"]
-        if not isinstance(flag, bool):
-            raise ChannelError(
-                406, f"invalid arg 'x-stream-match-unfiltered' for {describe}: expected a "
-                     f"boolean, got {flag!r}", 60, 20)
-        spec.match_unfiltered = flag
+        spec.match_unfiltered = _flag(arguments, "x-stream-match-unfiltered", describe)
     if "x-stream-filter-rule" in arguments:
         text = _text(arguments["x-stream-filter-rule"])
         if text is None:
@@ -219,17 +214,23 @@ def parse_consume(
         # RabbitMQ's name for "one consumer receives, the others stand by and take over in
         # order": its stream protocol sets it per subscription, with a consumer name that
         # plays the part of the group here (amqpd: the consumer side of 0-9-1).
-        flag = arguments["x-single-active-consumer"]
-        if not isinstance(flag, bool):
-            raise ChannelError(
-                406, f"invalid arg 'x-single-active-consumer' for {describe}: expected a "
-                     f"boolean, got {flag!r}", 60, 20)
+        flag = _flag(arguments, "x-single-active-consumer", describe)
         if flag and spec.group is None:
             raise ChannelError(
                 406, f"invalid arg 'x-single-active-consumer' for {describe}: it needs "
                      "x-stream-group (the group whose members take turns)", 60, 20)
         spec.exclusive = flag
     return spec
+
+
+def _flag(arguments: Mapping[str, object], name: str, describe: str) -> bool:
+    """A boolean consume argument; anything else is 406 naming it."""
+    flag = arguments[name]
+    if not isinstance(flag, bool):
+        raise ChannelError(
+            406, f"invalid arg '{name}' for {describe}: expected a boolean, got {flag!r}",
+            60, 20)
+    return flag
 
 
 def _filter_values(value: object, describe: str) -> frozenset[str]:

@@ -6,6 +6,7 @@ and exits 0 on SIGTERM without having logged an internal error, and each fuzzing
 connection gets a close with a documented reply code, is dropped, or is still being served
 when the fuzzer gives up on it (a truncated frame waits for the rest, as it should).
 ``AMQPD_SOCKET_FUZZ_CASES`` sets the number of connections (default 80).
+``python -m interop.reliability_rabbitmq fuzz`` sends the same cases to RabbitMQ.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pika
 from pamqp import commands
@@ -32,10 +34,17 @@ from .harness import CHANNEL_CODES, CONNECTION_CODES, server_frames
 CASES = int(os.environ.get("AMQPD_SOCKET_FUZZ_CASES", "80"))
 
 
+class Listener(Protocol):
+    """Where the broker listens: amqpd's ``BrokerProcess`` or a RabbitMQ node."""
+
+    host: str
+    port: int
+
+
 class ControlClient(threading.Thread):
     """Publishes one message, waits for its delivery, repeats; records every round trip."""
 
-    def __init__(self, broker: BrokerProcess) -> None:
+    def __init__(self, broker: Listener) -> None:
         super().__init__(daemon=True)
         self.broker = broker
         self.stop = threading.Event()
@@ -112,6 +121,19 @@ def fuzz_one(address: tuple[str, int], elements: list[bytes]) -> tuple[str, list
     return outcome, problems
 
 
+def mutated_sessions(count: int, seed: int) -> list[list[bytes]]:
+    """``count`` valid sessions with 1-3 random mutations each; the same seed gives the same
+    cases, so two brokers can be sent the same ones."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        elements = mutations.session(rng.randrange(len(mutations.SCENARIOS) * 3))
+        for change in mutations.random_mutations(rng, rng.randrange(1, 4)):
+            elements = mutations.mutate(elements, change)
+        cases.append(elements)
+    return cases
+
+
 def test_mutated_sessions_over_sockets_leave_other_clients_alone(tmp_path: Path) -> None:
     broker = BrokerProcess(tmp_path)
     control = ControlClient(broker)
@@ -119,13 +141,7 @@ def test_mutated_sessions_over_sockets_leave_other_clients_alone(tmp_path: Path)
     problems: list[str] = []
     try:
         control.start()
-        rng = random.Random(int(os.environ.get("AMQPD_SOCKET_FUZZ_SEED", "1")))
-        cases = []
-        for _ in range(CASES):
-            elements = mutations.session(rng.randrange(len(mutations.SCENARIOS) * 3))
-            for change in mutations.random_mutations(rng, rng.randrange(1, 4)):
-                elements = mutations.mutate(elements, change)
-            cases.append(elements)
+        cases = mutated_sessions(CASES, int(os.environ.get("AMQPD_SOCKET_FUZZ_SEED", "1")))
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             for outcome, found in pool.map(
                     lambda case: fuzz_one((broker.host, broker.port), case), cases):
