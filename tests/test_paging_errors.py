@@ -107,6 +107,8 @@ def test_a_failed_write_keeps_the_entries_in_memory_and_counted(
     # Counted as memory again (2,000 entries in the queue's memory, 3,000 held).
     assert broker.journal.queued_bytes > in_memory * 2
     assert spill.inserts == 1  # after the first failure, no write until the retry is due
+    assert broker.health() == [  # what `amqpd ping` and the health output show
+        "paging file (memory): writes failing, 3000 messages held in memory instead"]
     assert [r.getMessage() for r in caplog.records] == [
         "paging file (memory): write failed: database or disk is full; queue tails stay in "
         "memory (publishers are blocked at the memory high watermark), retrying"]
@@ -199,9 +201,11 @@ def test_a_failed_read_loses_nothing_and_is_retried(caplog: pytest.LogCaptureFix
         queue = broker.vhosts["/"].queues["q"]
         assert first == numbers(0, len(first)) and queue.message_count == \
             KEEP_IN_MEMORY + 3000 - len(first)
+        assert broker.health() == ["paging file (memory): reads failing, paged messages wait"]
         spill.fail_reads = False
         rest = get_all(peer, "q")
     assert first + rest == numbers(0, KEEP_IN_MEMORY + 3000)
+    assert broker.health() == []
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "paging file (memory): read failed: disk I/O error; paged messages stay in their "

@@ -245,7 +245,8 @@ class Broker:
                          "broker is restarted", reason)
 
     def health(self) -> list[str]:
-        """What is wrong, one line each (empty when healthy): raised alarms, a failed store."""
+        """What is wrong, one line each (empty when healthy): raised alarms, a failed store,
+        a paging file that cannot be written or read."""
         problems = []
         if MEMORY in self.alarms:
             problems.append(f"memory alarm: {self.journal.queued_bytes} bytes queued, "
@@ -257,6 +258,7 @@ class Broker:
             problems.append(f"disk alarm: {cause}")
         if self.store_failure is not None:
             problems.append(f"store failed, persistent messages refused: {self.store_failure}")
+        problems.extend(self.pager.problems())
         return problems
 
     def _set_alarm(self, name: str, raised: bool) -> None:

@@ -406,6 +406,17 @@ class Pager:
             self._file = self.file_type(self.path, self._account)
         return self._file
 
+    def problems(self) -> list[str]:
+        """The scratch file's failures for the broker's health, one line each."""
+        spill = self._file
+        problems = []
+        if spill is not None and spill.failing_since is not None:
+            problems.append(f"paging file {spill.name}: writes failing, {spill.held_entries} "
+                            "messages held in memory instead")
+        if spill is not None and spill.read_failing:
+            problems.append(f"paging file {spill.name}: reads failing, paged messages wait")
+        return problems
+
     def _account(self, delta: int) -> None:
         # Entries the file could not take are in memory after all: they count towards the
         # memory alarm (and the paging budget) until a retry writes them.
