@@ -65,12 +65,12 @@ class ConnectionOutput:
     @property
     def congested(self) -> bool:
         """True while the output buffer is above its high watermark."""
-        return len(self.out) + self.sealed_size + self.in_flight > self.high_watermark
+        return self.queued + self.in_flight > self.high_watermark
 
     @property
     def below_low_watermark(self) -> bool:
         """True once queued and in-flight output fell below the low watermark."""
-        return len(self.out) + self.sealed_size + self.in_flight <= self.low_watermark
+        return self.queued + self.in_flight <= self.low_watermark
 
     def _write(self, data: bytes) -> None:
         if not self.out and not self.sealed:
