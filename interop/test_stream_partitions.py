@@ -245,8 +245,9 @@ def test_partitions_are_assigned_and_reassigned_with_order_per_key(
     total = topic.publish(keys=40, per_key=3)
     pump(members, lambda: sum(len(m.got) for m in members) >= total)
     settle(members)
-    # Round-robin over the partitions sorted by name, members in join order.
-    assert a.streams() == {p0, p2} and b.streams() == {p1, p3}
+    # a consumed every partition first; b consumes p0 first, then p1, ...: each of the
+    # first two moves to b as it consumes it (a holds two more), then a keeps the rest.
+    assert a.streams() == {p2, p3} and b.streams() == {p0, p1}
     offsets = [(d.stream, d.offset) for m in members for d in m.got]
     assert len(offsets) == len(set(offsets)) == total  # each message to exactly one member
     processed_in_order(members, topic.sent)
@@ -259,22 +260,24 @@ def test_partitions_are_assigned_and_reassigned_with_order_per_key(
     total += topic.publish(keys=40, per_key=3)
     pump(members, lambda: sum(len(m.got) for m in members) >= total)
     settle(members)
-    assert (a.streams(since), b.streams(since), c.streams(since)) == ({p0, p3}, {p1}, {p2})
+    # The newcomer takes one partition (p0, the first it consumes, from b: a keeps the one
+    # extra of 4 over 3); nothing else moves.
+    assert (a.streams(since), b.streams(since), c.streams(since)) == ({p2, p3}, {p1}, {p0})
     offsets = [(d.stream, d.offset) for m in members for d in m.got]
     assert len(offsets) == len(set(offsets)) == total
     processed_in_order(members, topic.sent)
     rows = {r["queue"]: r for r in Api(management_url).get("stream-groups/%2F").json()
             if r["queue"] in topic.streams}
     assert {stream: rows[stream]["active_consumers"] for stream in topic.streams} == {
-        p0: [a.tags[p0]], p1: [b.tags[p1]], p2: [c.tags[p2]], p3: [a.tags[p3]]}
+        p0: [c.tags[p0]], p1: [b.tags[p1]], p2: [a.tags[p2]], p3: [a.tags[p3]]}
     assert {row["partition_of"] for row in rows.values()} == {topic.exchange}
 
-    # A fourth member takes p3 from a while a still holds p3's messages unacked: d gets
-    # nothing of p3 until a has acked them.
+    # A fourth member takes p2 (a's extra one) while a still holds p2's messages unacked:
+    # d gets nothing of p2 until a has acked them.
     a.acking = False
     total += topic.publish(keys=40, per_key=1)
     pump(members, lambda: sum(len(m.got) for m in members) >= total)
-    held = [d.offset for d in a.unacked if d.stream == p3]
+    held = [d.offset for d in a.unacked if d.stream == p2]
     assert held
     d = Member(pika_connect, clock)
     members.append(d)
@@ -282,16 +285,16 @@ def test_partitions_are_assigned_and_reassigned_with_order_per_key(
         d.consume(stream)
     since = next(clock)
     total += topic.publish(keys=40, per_key=1)
-    settle(members, 1.0)  # the batch's p0..p2 messages arrive; p3's must not
-    assert d.streams(since) <= {p3} and not [x for x in d.got if x.stream == p3]
-    assert a.streams(since) <= {p0}
+    settle(members, 1.0)  # the batch's p0, p1, p3 messages arrive; p2's must not
+    assert d.streams(since) <= {p2} and not [x for x in d.got if x.stream == p2]
+    assert a.streams(since) <= {p3}
     row = next(r for r in Api(management_url).get("stream-groups/%2F").json()
-               if r["queue"] == p3)
-    assert row["handing_over"] is True and row["active_consumers"] == [d.tags[p3]]
+               if r["queue"] == p2)
+    assert row["handing_over"] is True and row["active_consumers"] == [d.tags[p2]]
     a.ack_all()
     a.acking = True
     pump(members, lambda: sum(len(m.got) for m in members) >= total)
-    moved = [x for x in d.got if x.stream == p3]
+    moved = [x for x in d.got if x.stream == p2]
     assert moved and moved[0].offset == max(held) + 1 and not moved[0].redelivered
     processed_in_order(members, topic.sent)
 
@@ -350,8 +353,9 @@ async def test_aio_pika_members_split_the_partitions(
     finally:
         for connection in connections:
             await connection.close()
+    # The second member consumes p0 first and takes it; the first keeps p1 (sticky).
     assert [{stream for stream, _ in member} for member in got] == [
-        {topic.streams[0]}, {topic.streams[1]}]
+        {topic.streams[1]}, {topic.streams[0]}]
     per_key: dict[str, list[int]] = {}
     for member in got:
         for _, body in member:

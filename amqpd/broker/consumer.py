@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 QueueOwner: TypeAlias = object
 
 
+class ConsumerMember(Protocol):
+    """What receives a consumer's deliveries in order and holds their unacked ones (the
+    session layer's channel). Stream consumer groups divide their work between members."""
+
+    def shares_credit(self) -> bool:
+        """Whether its consumers take from one credit (a channel-wide prefetch, basic.qos
+        with global=true): then a settle by one of them may let another one take."""
+
+
 class QueueConsumer(Protocol):
     """One subscription to a queue, as the queue's dispatch loop uses it."""
 
@@ -32,6 +41,10 @@ class QueueConsumer(Protocol):
     @property
     def arguments(self) -> Mapping[str, object]:
         """The basic.consume arguments (x-priority, x-stream-offset, ...)."""
+
+    @property
+    def member(self) -> ConsumerMember:
+        """Its channel, as a member of a stream consumer group."""
 
     def can_take(self) -> bool:
         """Whether one more delivery may go to this consumer now (credit, flow, output)."""

@@ -354,6 +354,10 @@ class Channel(DeclarationMethods):  # and TransactionMethods, its base
 
     # -- delivering --------------------------------------------------------------------
 
+    def shares_credit(self) -> bool:
+        """A channel-wide prefetch (basic.qos global=true): one credit for all consumers."""
+        return self.global_prefetch_count > 0
+
     def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
         """Send one message to a consumer of this channel."""
         tag = self._next_delivery_tag

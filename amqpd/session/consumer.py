@@ -56,6 +56,11 @@ class Consumer:
         # the channel without a Python frame of its own.
         self.deliver: Callable[[QueueEntry], None] = partial(channel.deliver, self)
 
+    @property
+    def member(self) -> Channel:
+        """The channel: the group member of a stream consumer group (broker.consumer)."""
+        return self.channel
+
     def can_take(self) -> bool:
         """Whether one more delivery may go to this consumer now.
 

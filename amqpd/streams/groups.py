@@ -13,7 +13,9 @@ Theory of operation:
   per ack, and written to ``groups.log`` in the stream's directory: one JSON line
   ``[name, offset]`` per change, the last line per name wins, compacted when opened. A
   torn last line after a crash is ignored (that commit was not yet durable).
-- Who may receive: a *member* is a channel (:func:`member_of`); ``owed`` counts each
+- Who may receive: a *member* is a channel (``QueueConsumer.member``): the unit that
+  receives in order, holds the unacked deliveries and gives them back when it closes (a
+  process that wants several members opens several channels); ``owed`` counts each
   member's deliveries not yet settled. A shared group delivers to every member; a
   *restricted* group only to ``owner``'s consumers -- the first member of an exclusive group
   (``x-single-active-consumer``), or the member a partitioned group assigned this stream to
@@ -35,22 +37,10 @@ from amqpd.streams.arguments import ConsumeSpec
 from amqpd.streams.log import Cursor, SegmentLog
 
 if TYPE_CHECKING:
-    from amqpd.broker.consumer import QueueConsumer
+    from amqpd.broker.consumer import ConsumerMember, QueueConsumer
 
 LOGGER = logging.getLogger(__name__)
 GROUPS_FILE = "groups.log"
-
-
-def member_of(consumer: QueueConsumer) -> object:
-    """The group member a consumer belongs to: its channel.
-
-    A channel, not a connection, because it is the unit that receives in order, holds the
-    unacked deliveries and gives them back when it closes; a process that wants several
-    members opens several channels. The broker's ``QueueConsumer`` protocol does not name
-    the channel (the broker never needs it), so it is read by attribute; a consumer without
-    one is a member of its own.
-    """
-    return getattr(consumer, "channel", consumer)
 
 
 class Group:
@@ -75,9 +65,9 @@ class Group:
         # Restricted: only ``owner``'s consumers receive (None: nobody, e.g. a partition
         # that no member is assigned). Not restricted: every member shares.
         self.restricted = False
-        self.owner: object | None = None
+        self.owner: ConsumerMember | None = None
         self.active: list[QueueConsumer] = self.members  # who the dispatch feeds
-        self.owed: dict[object, int] = {}  # member -> deliveries not yet settled (> 0)
+        self.owed: dict[ConsumerMember, int] = {}  # member -> deliveries not yet settled (> 0)
 
     @property
     def handing_over(self) -> bool:
@@ -85,7 +75,7 @@ class Group:
         owed = self.owed
         return self.restricted and bool(owed) and (len(owed) > 1 or self.owner not in owed)
 
-    def assign(self, restricted: bool, owner: object | None) -> bool:
+    def assign(self, restricted: bool, owner: ConsumerMember | None) -> bool:
         """Who may receive now; True when that changed."""
         changed = restricted != self.restricted or owner is not self.owner
         self.restricted = restricted
@@ -97,7 +87,7 @@ class Group:
         """A group that is no partition: exclusive -- the first member in join order
         receives, the others wait; otherwise all members share."""
         if self.exclusive:
-            return self.assign(True, member_of(self.members[0]) if self.members else None)
+            return self.assign(True, self.members[0].member if self.members else None)
         return self.assign(False, None)
 
     def members_changed(self) -> None:
@@ -106,9 +96,9 @@ class Group:
             self.active = self.members
         else:
             owner = self.owner
-            self.active = [c for c in self.members if member_of(c) is owner]
+            self.active = [c for c in self.members if c.member is owner]
 
-    def _repaid(self, member: object) -> None:
+    def _repaid(self, member: ConsumerMember) -> None:
         count = self.owed.get(member, 0) - 1
         if count > 0:
             self.owed[member] = count
@@ -125,7 +115,7 @@ class Group:
             low = min(low, self.redeliver[0])
         return low
 
-    def settled(self, offset: int, member: object) -> None:
+    def settled(self, offset: int, member: ConsumerMember) -> None:
         """An offset was acked (or rejected): it no longer holds the commit back."""
         self.outstanding.discard(offset)
         owed = self.owed  # _repaid, inlined: this runs once per ack
@@ -135,7 +125,7 @@ class Group:
         else:
             owed.pop(member, None)
 
-    def returned(self, offset: int, member: object) -> None:
+    def returned(self, offset: int, member: ConsumerMember) -> None:
         """An offset came back unsettled: deliver it again to some member."""
         self._repaid(member)
         if offset in self.outstanding:

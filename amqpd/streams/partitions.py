@@ -4,7 +4,7 @@ to exactly one member, so that every routing key (which the exchange always send
 same partition) is consumed in order inside the group.
 
 Theory of operation:
-- A *member* is a channel (:func:`amqpd.streams.groups.member_of`): it receives in order,
+- A *member* is a channel (``QueueConsumer.member``): it receives in order,
   holds the unacked deliveries and gives them back when it closes. A client consumes every
   partition with the same ``x-stream-group``, on one channel per member.
 - The partitions are the streams bound to the exchange, sorted by name; a stream bound to
@@ -15,14 +15,19 @@ Theory of operation:
 - One :class:`PartitionedGroup` per (exchange, group name), shared by its partitions
   (each stream keeps it in ``coordinators``; a new member finds it through the exchange's
   bindings, so nothing is global). It remembers the join order of the members.
-- Assignment (:meth:`PartitionedGroup.rebalance`, on every join, leave and binding change):
-  for each partition in name order, among the members that consume it, the one with the
-  fewest partitions so far; ties go to the member consuming fewer partitions, then to the
-  earliest joined. With members consuming every partition that is round-robin (4
-  partitions, 2 members: A B A B; 3 members: A B C A). An
-  exclusive group (``x-single-active-consumer``) gives every partition to its earliest
-  member. The assignment is a function of (partitions, members in join order) only, so
-  every broker state has one answer and a test can predict it.
+- Assignment (:meth:`PartitionedGroup.rebalance`, on every join, leave and binding change)
+  is sticky: a partition stays with its owner while that member still consumes it and
+  holds no more than its fair share (partitions // members, one more for the first
+  partitions % members members to reach it); every partition then left over goes, in name
+  order, to the member consuming it that has the fewest partitions so far (ties: the member
+  consuming fewer partitions, then the earliest joined); last, while a member consuming a
+  partition has two fewer than its owner, it takes it over (members that consume only some
+  of the partitions). So a join moves only what the newcomer takes (4 partitions
+  dealt A B A B; a third member joins: A B A C -- one hand-over, not three) and a leave
+  only the leaver's partitions. An exclusive group
+  (``x-single-active-consumer``) gives every partition to its earliest member. The
+  assignment depends only on the previous one and the members in join order, so a test can
+  predict it.
 - A partition moving from member A to member B is *restricted* to B at once, but B gets
   nothing while A still owes deliveries of that partition (``Group.handing_over``): A's
   unacked messages are acked, or given back (nack with requeue, a closed channel) and then
@@ -36,9 +41,10 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Protocol
 
-from amqpd.streams.groups import Group, member_of
+from amqpd.streams.groups import Group
 
 if TYPE_CHECKING:
+    from amqpd.broker.consumer import ConsumerMember
     from amqpd.broker.vhost import VirtualHost
 
 PARTITIONING_TYPE = "x-consistent-hash"
@@ -102,10 +108,10 @@ class PartitionedGroup:
         self.name = name
         self.stream_type = stream_type
         self.partitions: list[Partition] = []
-        self.joined: dict[object, int] = {}  # member -> join order
+        self.joined: dict[ConsumerMember, int] = {}  # member -> join order
         self._order = itertools.count()
         self.version = -1  # the definitions version the partitions were read at
-        self.assignment: dict[str, object | None] = {}  # partition name -> member
+        self.assignment: dict[str, ConsumerMember | None] = {}  # partition name -> member
 
     def __repr__(self) -> str:
         return (f"<PartitionedGroup {self.name!r} of {self.exchange!r}: "
@@ -116,7 +122,7 @@ class PartitionedGroup:
         """Definitions changed since the partitions were read (a binding may have)."""
         return self.version != self.vhost.journal.definitions_version
 
-    def join(self, member: object) -> None:
+    def join(self, member: ConsumerMember) -> None:
         """``member`` consumes a partition now (it keeps its place if it already did)."""
         if member not in self.joined:
             self.joined[member] = next(self._order)
@@ -140,7 +146,7 @@ class PartitionedGroup:
             if id(old) not in kept:
                 self._release(old, to_dispatch)
         self.partitions = current
-        consumes: dict[object, set[str]] = {}  # member -> the partitions it consumes
+        consumes: dict[ConsumerMember, set[str]] = {}  # member -> the partitions it consumes
         exclusive = False
         for partition in current:
             partition.coordinators[self.name] = self
@@ -148,24 +154,15 @@ class PartitionedGroup:
             if group is not None and group.members:
                 exclusive = exclusive or group.exclusive
                 for consumer in group.members:
-                    consumes.setdefault(member_of(consumer), set()).add(partition.name)
+                    consumes.setdefault(consumer.member, set()).add(partition.name)
         for member in [m for m in self.joined if m not in consumes]:
             del self.joined[member]
         for member in consumes:
             self.join(member)
         order = sorted(consumes, key=self.joined.__getitem__)
-        load = dict.fromkeys(order, 0)
-        assignment: dict[str, object | None] = {}
+        assignment = self._assign(current, order, consumes, exclusive)
         for partition in current:
-            eligible = [m for m in order if partition.name in consumes[m]]
-            owner: object | None = None
-            if eligible:
-                # min() keeps the first of equals, the earliest joined; before that, a
-                # member that can take fewer partitions goes first.
-                owner = eligible[0] if exclusive else min(
-                    eligible, key=lambda m: (load[m], len(consumes[m])))
-                load[owner] += 1
-            assignment[partition.name] = owner
+            owner = assignment[partition.name]
             group = partition.groups.get(self.name)
             if group is not None and group.assign(True, owner):
                 to_dispatch.append((partition, group))
@@ -173,6 +170,62 @@ class PartitionedGroup:
         for partition, group in to_dispatch:
             if not partition.deleted:
                 partition.dispatch_group(group)
+
+    def _assign(self, partitions: list[Partition], order: list[ConsumerMember],
+                consumes: dict[ConsumerMember, set[str]], exclusive: bool,
+                ) -> dict[str, ConsumerMember | None]:
+        """Partition name -> owner: sticky within the fair share, then fewest-first."""
+        assignment: dict[str, ConsumerMember | None] = {}
+        load = dict.fromkeys(order, 0)
+        if not exclusive and order:
+            share, extra = divmod(len(partitions), len(order))
+            for partition in partitions:
+                previous = self.assignment.get(partition.name)
+                if previous is None or partition.name not in consumes.get(previous, ()):
+                    continue
+                if load[previous] < share or (load[previous] == share and extra):
+                    if load[previous] == share:
+                        extra -= 1
+                    assignment[partition.name] = previous
+                    load[previous] += 1
+        for partition in partitions:
+            if partition.name in assignment:
+                continue
+            eligible = [m for m in order if partition.name in consumes[m]]
+            owner: ConsumerMember | None = None
+            if eligible:
+                # min() keeps the first of equals, the earliest joined; before that, a
+                # member that can take fewer partitions goes first.
+                owner = eligible[0] if exclusive else min(
+                    eligible, key=lambda m: (load[m], len(consumes[m])))
+                load[owner] += 1
+            assignment[partition.name] = owner
+        if not exclusive:
+            self._even_out(partitions, order, consumes, assignment, load)
+        return assignment
+
+    @staticmethod
+    def _even_out(partitions: list[Partition], order: list[ConsumerMember],
+                  consumes: dict[ConsumerMember, set[str]],
+                  assignment: dict[str, ConsumerMember | None],
+                  load: dict[ConsumerMember, int]) -> None:
+        """Move a partition while a member consuming it has two fewer than its owner (the
+        fair share ignores who consumes what: members consuming only some partitions).
+        Each move lowers the sum of squared loads, so this ends."""
+        moved = True
+        while moved:
+            moved = False
+            for partition in partitions:
+                owner = assignment[partition.name]
+                if owner is None:
+                    continue
+                lightest = min((m for m in order if partition.name in consumes[m]),
+                               key=load.__getitem__)
+                if load[lightest] + 1 < load[owner]:
+                    assignment[partition.name] = lightest
+                    load[owner] -= 1
+                    load[lightest] += 1
+                    moved = True
 
     def _release(self, partition: Partition, to_dispatch: list[tuple[Partition, Group]]
                  ) -> None:
@@ -194,7 +247,7 @@ def _coordinator_for(stream: Partition, name: str, exchange: str) -> Partitioned
     return PartitionedGroup(stream.vhost, exchange, name, stream_type)
 
 
-def regroup(stream: Partition, group: Group, joined: object | None) -> None:
+def regroup(stream: Partition, group: Group, joined: ConsumerMember | None) -> None:
     """Decide who receives from ``group`` of ``stream`` after ``joined`` (a member) joined,
     a member left, or the bindings may have changed."""
     coordinator = stream.coordinators.get(group.name)

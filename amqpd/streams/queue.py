@@ -45,12 +45,12 @@ from amqpd.broker.queue import Queue
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.streams import content, partitions
 from amqpd.streams.arguments import ConsumeSpec, OffsetSpec, StreamSettings, parse_consume
-from amqpd.streams.groups import Group, GroupStore, member_of
+from amqpd.streams.groups import Group, GroupStore
 from amqpd.streams.log import Cursor, SegmentLog
 from amqpd.streams.partitions import PartitionedGroup
 
 if TYPE_CHECKING:
-    from amqpd.broker.consumer import QueueConsumer
+    from amqpd.broker.consumer import ConsumerMember, QueueConsumer
     from amqpd.broker.message import Message
     from amqpd.broker.vhost import VirtualHost
 
@@ -66,7 +66,7 @@ class StreamEntry(QueueEntry):
     __slots__ = ("group", "member", "reader")
 
     group: Group | None
-    member: object
+    member: ConsumerMember
     reader: ConsumerState | None
 
 
@@ -78,19 +78,11 @@ class ConsumerState:
     def __init__(self, consumer: QueueConsumer, spec: ConsumeSpec, cursor: Cursor | None,
                  group: Group | None):
         self.consumer = consumer
-        self.member = member_of(consumer)  # its channel, asked on every ack
+        self.member = consumer.member  # its channel, asked on every ack
         self.spec = spec
         self.cursor = cursor
         self.group = group
         self.detached = False  # the consumer left: a late ack must not feed it
-
-
-def _shares_credit(member: object) -> bool:
-    """Whether ``member``'s consumers share one credit (a channel's global prefetch,
-    basic.qos with global=true): then a settle by one of them may let any other take.
-    Read by attribute for the reason :func:`amqpd.streams.groups.member_of` gives; here,
-    not in groups.py, because this module is compiled and this runs on every ack."""
-    return bool(getattr(member, "global_prefetch_count", 0))
 
 
 def _wanted(spec: ConsumeSpec, stored: content.StoredMessage) -> bool:
@@ -265,7 +257,7 @@ class StreamQueue(Queue):
         self.last_used = time.monotonic()
         if state.group is not None:
             state.group.members_changed()
-            partitions.regroup(self, state.group, member_of(consumer))
+            partitions.regroup(self, state.group, consumer.member)
         self._check_definitions()
         self._run([state] if state.group is None else [state.group])
 
@@ -378,7 +370,7 @@ class StreamQueue(Queue):
         self._stalled.pop(reader, None)
         self._woken.pop(reader, None)
 
-    def _credit_back(self, reader: ConsumerState | Group, member: object) -> None:
+    def _credit_back(self, reader: ConsumerState | Group, member: ConsumerMember) -> None:
         """A delivery of ``reader`` (to ``member``, a channel) was settled or given back."""
         if self._feeding is not None:
             # Settled while the stream delivers: a no-ack delivery, which frees no credit;
@@ -391,7 +383,7 @@ class StreamQueue(Queue):
             return  # an earlier settle of this batch woke it (one channel: already asked)
         woken[reader] = None
         self._after_settle = True
-        if _shares_credit(member):
+        if member.shares_credit():
             self._sweep_due = True  # any stalled consumer of that channel may take now
 
     def _feed(self, state: ConsumerState) -> bool:
@@ -466,7 +458,7 @@ class StreamQueue(Queue):
         if group is not None:
             # Counted here, not by a Group method: this module is compiled, groups.py
             # is not, and this runs once per delivery.
-            member = getattr(consumer, "channel", consumer)  # groups.member_of
+            member = consumer.member
             entry.member = member
             owed = group.owed
             owed[member] = owed.get(member, 0) + 1

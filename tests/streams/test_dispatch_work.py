@@ -43,6 +43,9 @@ class Channel:
     def __repr__(self) -> str:
         return f"<Channel {self.name}>"
 
+    def shares_credit(self) -> bool:
+        return self.global_prefetch_count > 0
+
     def consume(self, stream: StreamQueue, prefetch: int = 1, group: str | None = None,
                 offset: object = "first") -> Consumer:
         arguments: dict[str, object] = {"x-stream-offset": offset}
@@ -108,6 +111,10 @@ class Consumer:
         self.tag = f"{channel.name}-{len(channel.consumers)}"
         self.unacked = 0
         self.received: list[int] = []
+
+    @property
+    def member(self) -> Channel:
+        return self.channel
 
     def can_take(self) -> bool:
         Consumer.asked += 1

@@ -39,6 +39,9 @@ class Member:
     def __repr__(self) -> str:
         return f"<Member {self.name}>"
 
+    def shares_credit(self) -> bool:
+        return False  # a prefetch per consumer
+
     def consume(self, stream: StreamQueue, prefetch: int = 10,
                 arguments: Mapping[str, object] | None = None) -> Consumer:
         consumer = Consumer(self, stream, prefetch,
@@ -82,6 +85,10 @@ class Consumer:
         self.arguments = arguments
         self.exclusive = False
         self.tag = f"{channel.name}-{stream.name}"
+
+    @property
+    def member(self) -> Member:
+        return self.channel
 
     def can_take(self) -> bool:
         return self.has_credit()
@@ -157,44 +164,55 @@ def join_all(member: Member, streams: list[StreamQueue], prefetch: int = 10,
     return member
 
 
-def test_partitions_are_dealt_round_robin_by_name_in_join_order(vhost: VirtualHost) -> None:
+def test_partitions_are_dealt_round_robin_then_kept_by_their_owners(vhost: VirtualHost
+                                                                     ) -> None:
     streams = partitioned(vhost, 4)
     a = join_all(Member("a"), streams)
     assert owners(streams) == {"p0": "a", "p1": "a", "p2": "a", "p3": "a"}
     b = join_all(Member("b"), streams)
-    assert owners(streams) == {"p0": "a", "p1": "b", "p2": "a", "p3": "b"}
+    # b consumes p0 first, then p1...: the first partition it consumes moves to it at once
+    # (a holds two more than b), then p1; p2 and p3 stay with a (sticky).
+    assert owners(streams) == {"p0": "b", "p1": "b", "p2": "a", "p3": "a"}
     publish_each(streams, 3)
-    assert sorted({name for name, _, _ in a.received}) == ["p0", "p2"]
-    assert sorted({name for name, _, _ in b.received}) == ["p1", "p3"]
+    assert sorted({name for name, _, _ in a.received}) == ["p2", "p3"]
+    assert sorted({name for name, _, _ in b.received}) == ["p0", "p1"]
     c = join_all(Member("c"), streams)
-    assert owners(streams) == {"p0": "a", "p1": "b", "p2": "c", "p3": "a"}
+    # c takes one partition (the one it consumes first, from b); nothing else moves.
+    assert owners(streams) == {"p0": "c", "p1": "b", "p2": "a", "p3": "a"}
     a.ack()
     b.ack()
     publish_each(streams, 2)
-    assert c.offsets(streams[2]) == [3, 4]
-    assert a.offsets(streams[3]) == [3, 4]  # p3 moved from b (who had acked) to a
-    assert b.offsets(streams[3]) == [0, 1, 2]
-    report = streams[1].group_report()[0]
-    assert report["active_consumers"] == ["b-p1"]
-    assert report["partition_of"] == EXCHANGE and report["handing_over"] is False
+    assert c.offsets(streams[0]) == [3, 4]  # p0 moved from b (who had acked) to c
+    assert b.offsets(streams[0]) == [0, 1, 2]
+    assert a.offsets(streams[2]) == [0, 1, 2, 3, 4]
+    join_all(Member("d"), streams)
+    # d takes one of a's two (p2: the first of them d consumes): 4 over 4 is one each.
+    assert owners(streams) == {"p0": "c", "p1": "b", "p2": "d", "p3": "a"}
+    report = streams[2].group_report()[0]
+    assert report["active_consumers"] == ["d-p2"]
+    # d waits for a's unacked 3 and 4 of p2; p0 has not moved since c took it.
+    assert report["partition_of"] == EXCHANGE and report["handing_over"] is True
+    b.close()  # the leaver's partition goes to the earliest of the least loaded
+    assert owners(streams) == {"p0": "c", "p1": "a", "p2": "d", "p3": "a"}
+    assert streams[1].group_report()[0]["handing_over"] is False  # b gave its unacked back
 
 
 def test_new_owner_waits_for_the_old_owners_unacked(vhost: VirtualHost) -> None:
     streams = partitioned(vhost, 2)
     a = join_all(Member("a"), streams)
     publish_each(streams, 3)
-    assert a.offsets(streams[1]) == [0, 1, 2]  # unacked
+    assert a.offsets(streams[0]) == [0, 1, 2]  # unacked
     b = join_all(Member("b"), streams)
-    assert owners(streams) == {"p0": "a", "p1": "b"}
+    assert owners(streams) == {"p0": "b", "p1": "a"}  # b consumes p0 first: it moves
     publish_each(streams, 2)
-    assert b.received == []  # p1's previous owner still owes 0..2
-    assert streams[1].group_report()[0]["handing_over"] is True
-    assert a.offsets(streams[0]) == [0, 1, 2, 3, 4]
+    assert b.received == []  # p0's previous owner still owes 0..2
+    assert streams[0].group_report()[0]["handing_over"] is True
+    assert a.offsets(streams[1]) == [0, 1, 2, 3, 4]
     a.ack(2)  # p0:0, p0:1
     assert b.received == []
-    a.ack()  # the rest, p1's included
-    assert b.offsets(streams[1]) == [3, 4]
-    assert a.offsets(streams[1]) == [0, 1, 2]
+    a.ack()  # the rest, p0:2 included
+    assert b.offsets(streams[0]) == [3, 4]
+    assert a.offsets(streams[0]) == [0, 1, 2]
 
 
 def test_a_leaving_owner_is_replaced_and_its_unacked_redelivered_first(
@@ -205,13 +223,13 @@ def test_a_leaving_owner_is_replaced_and_its_unacked_redelivered_first(
     b = join_all(Member("b"), streams)
     publish_each(streams, 3)
     a.ack()
-    b.ack(2)  # p1:0, p1:1 acked; p1:2 and p3:0..2 open
+    b.ack(2)  # p0:0, p0:1 acked; p0:2 and p1:0..2 open (b took p0 and p1)
     b.close()
     assert owners(streams) == dict.fromkeys(["p0", "p1", "p2", "p3"], "a")
-    assert [(n, o, r) for n, o, r in a.received if n in ("p1", "p3")] == [
-        ("p1", 2, True), ("p3", 0, True), ("p3", 1, True), ("p3", 2, True)]
+    assert [(n, o, r) for n, o, r in a.received if n in ("p0", "p1")] == [
+        ("p0", 2, True), ("p1", 0, True), ("p1", 1, True), ("p1", 2, True)]
     publish_each(streams, 1)
-    assert a.offsets(streams[1])[-1] == 3
+    assert a.offsets(streams[0])[-1] == 3
 
 
 def test_exclusive_group_fails_over_in_join_order(vhost: VirtualHost) -> None:
@@ -262,16 +280,17 @@ def test_binding_changes_re_read_the_partitions(vhost: VirtualHost) -> None:
     streams = partitioned(vhost, 3)
     a = join_all(Member("a"), streams)
     join_all(Member("b"), streams)
-    assert owners(streams) == {"p0": "a", "p1": "b", "p2": "a"}
+    assert owners(streams) == {"p0": "b", "p1": "a", "p2": "a"}
     vhost.unbind(EXCHANGE, streams[0], "1", {})
     streams[1].dispatch()  # any partition's next dispatch notices the change
-    assert owners(streams[1:]) == {"p1": "a", "p2": "b"}
+    assert owners(streams[1:]) == {"p1": "a", "p2": "b"}  # b lost p0: it takes a's extra
     assert streams[0].groups[GROUP].restricted is False  # plain shared group again
     extra = declare(vhost, "p3")
     vhost.bind(EXCHANGE, extra, "1", {})
-    a.consume(extra)  # b does not consume p3: b takes p1 first, a the others
-    assert owners([*streams[1:], extra]) == {"p1": "b", "p2": "a", "p3": "a"}
+    a.consume(extra)  # b does not consume p3: a takes it
+    assert owners([*streams[1:], extra]) == {"p1": "a", "p2": "b", "p3": "a"}
     vhost.delete_queue("p2", None, False, False)
+    # a would hold both; b consumes p1, so it takes p1 over (a keeps p3, b cannot have it).
     assert owners([streams[1], extra]) == {"p1": "b", "p3": "a"}
 
 
