@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import json
 import sys
 import urllib.error
@@ -159,6 +160,16 @@ def run_command(client: Client, args: argparse.Namespace) -> None:
         else:
             client.call("DELETE", path + _flags(args))
             _done(args, f"Deleting queue '{args.queue}' on vhost '{args.vhost}' ...")
+    elif command in ("reset_stream_group_offset", "delete_stream_group"):
+        path = (f"stream-groups/{_vhost(args)}/{quote(args.queue, safe='')}/"
+                f"{quote(args.group, safe='')}")
+        if command == "delete_stream_group":
+            client.call("DELETE", path)
+            _done(args, f"Deleting group '{args.group}' of stream '{args.queue}' ...")
+        else:
+            row = client.call("PUT", path, offset_body(args.offset))
+            _done(args, f"Group '{args.group}' of stream '{args.queue}' now at offset "
+                        f"{row['committed_offset']} (lag {row['lag']})")
     elif command == "close_connection":
         _close(client, args.connection, args.reason)
         _done(args, f"Closing connection {args.connection}, reason: {args.reason}...")
@@ -188,6 +199,22 @@ def run_command(client: Client, args: argparse.Namespace) -> None:
         _done(args, f'Importing definitions in JSON from a file at "{args.path}" ...')
     elif command == "status":
         _status(client, args)
+
+
+def offset_body(text: str) -> dict[str, Any]:
+    """The API body for an offset given on the command line: ``first``, ``last``, ``next``,
+    an offset, an interval (``1h``: that long ago) or an ISO 8601 time (UTC if no zone)."""
+    try:
+        return {"offset": int(text)}
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return {"offset": text}  # the broker says what it accepts
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return {"timestamp": moment.timestamp()}
 
 
 def _set_policy(client: Client, args: argparse.Namespace) -> None:
@@ -291,6 +318,16 @@ def parser() -> argparse.ArgumentParser:
         if name == "delete_queue":
             sub.add_argument("--if-empty", action="store_true")
             sub.add_argument("--if-unused", action="store_true")
+    for name in ("reset_stream_group_offset", "delete_stream_group"):
+        # amqpd's own (Kafka's kafka-consumer-groups --reset-offsets / --delete): only for
+        # a group without consumers.
+        sub = commands.add_parser(name)
+        sub.add_argument("-p", "--vhost", default="/")
+        sub.add_argument("queue")
+        sub.add_argument("group")
+        if name == "reset_stream_group_offset":
+            sub.add_argument("offset", help="first, last, next, an offset, an interval such "
+                                            "as 1h, or an ISO 8601 time")
     sub = commands.add_parser("close_connection")
     sub.add_argument("connection")
     sub.add_argument("reason")

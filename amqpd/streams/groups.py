@@ -11,8 +11,12 @@ Theory of operation:
   so a crash never skips a message -- it can only deliver again what was not yet committed.
 - The commit is computed when the stream syncs (once per group commit of the broker), not
   per ack, and written to ``groups.log`` in the stream's directory: one JSON line
-  ``[name, offset]`` per change, the last line per name wins, compacted when opened. A
-  torn last line after a crash is ignored (that commit was not yet durable).
+  ``[name, offset]`` per change, the last line per name wins (``[name, null]``: the group
+  was deleted), compacted when opened. A torn last line after a crash is ignored (that
+  commit was not yet durable).
+- Operators move or delete a group that has no consumers (:meth:`StreamQueue.reset_group`,
+  the management API, ``amqpd ctl reset_stream_group_offset``): as Kafka's
+  ``--reset-offsets``, never under running consumers, which would not notice.
 - Who may receive: a *member* is a channel (``QueueConsumer.member``): the unit that
   receives in order, holds the unacked deliveries and gives them back when it closes (a
   process that wants several members opens several channels); ``owed`` counts each
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 GROUPS_FILE = "groups.log"
+
+
+class GroupInUseError(Exception):
+    """An operator asked to move or delete a group that still has consumers."""
 
 
 class Group:
@@ -158,6 +166,8 @@ class GroupStore:
                         continue  # a torn last line: that commit never became durable
                     if isinstance(name, str) and isinstance(offset, int):
                         self.offsets[name] = offset
+                    elif isinstance(name, str) and offset is None:  # deleted
+                        self.offsets.pop(name, None)
         except FileNotFoundError:
             pass
         if lines > len(self.offsets):
@@ -185,6 +195,18 @@ class GroupStore:
         self.offsets.update(commits)
         os.write(self.fd, b"".join(self._line(name, offset) for name, offset in commits.items()))
         self.dirty = True
+
+    def forget(self, name: str) -> None:
+        """Delete a group's commit (a ``null`` line, dropped at the next compaction)."""
+        self.offsets.pop(name, None)
+        os.write(self.fd, json.dumps([name, None]).encode("utf-8") + b"\n")
+        self.dirty = True
+
+    def sync(self) -> None:
+        """fsync now: an operator's change is durable when the API answers (it is rare,
+        and the file is small)."""
+        os.fsync(self.fd)
+        self.dirty = False
 
     def sync_handle(self) -> int | None:
         """A duplicated descriptor to fsync when something was written, else None."""

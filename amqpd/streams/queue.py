@@ -45,7 +45,7 @@ from amqpd.broker.queue import Queue
 from amqpd.protocol.errors import ChannelError, ConnectionLevelError
 from amqpd.streams import content, partitions
 from amqpd.streams.arguments import ConsumeSpec, OffsetSpec, StreamSettings, parse_consume
-from amqpd.streams.groups import Group, GroupStore
+from amqpd.streams.groups import Group, GroupInUseError, GroupStore
 from amqpd.streams.log import Cursor, SegmentLog
 from amqpd.streams.partitions import PartitionedGroup
 
@@ -532,6 +532,8 @@ class StreamQueue(Queue):
             self._dirty_groups = []
             for group in dirty:
                 group.dirty = False
+                if self.groups.get(group.name) is not group:
+                    continue  # reset or deleted by an operator: a late ack moves nothing
                 committed = group.committed
                 if committed != group.stored:
                     group.stored = committed
@@ -543,6 +545,48 @@ class StreamQueue(Queue):
         if handle is not None:
             handles.append(handle)
         return handles
+
+    # -- operators' changes ------------------------------------------------------------
+
+    def reset_group(self, name: str, offset: OffsetSpec) -> int:
+        """Move a group with no consumers to ``offset`` (replay, or skip a backlog); its next
+        member starts there. Returns the new committed offset, durable on return.
+
+        Raises:
+            GroupInUseError: the group has consumers.
+        """
+        self._drop_idle_group(name)
+        start = self._start(offset)
+        self.group_store.write({name: start})
+        self.group_store.sync()
+        LOGGER.info("group '%s' of %s reset to offset %d", name, self.describe(), start)
+        return start
+
+    def delete_group(self, name: str) -> bool:
+        """Forget a group with no consumers and its committed offset; False when there was
+        no such group.
+
+        Raises:
+            GroupInUseError: the group has consumers.
+        """
+        known = name in self.groups or name in self.group_store.offsets
+        self._drop_idle_group(name)
+        if known:
+            self.group_store.forget(name)
+            self.group_store.sync()
+            LOGGER.info("group '%s' of %s deleted", name, self.describe())
+        return known
+
+    def _drop_idle_group(self, name: str) -> None:
+        """Drop the group's live state (what it still owed is given up with it)."""
+        group = self.groups.get(name)
+        if group is None:
+            return
+        if group.members:
+            raise GroupInUseError(f"group '{name}' of {self.describe()} has {len(group.members)} "
+                             "consumer(s): cancel them first")
+        del self.groups[name]
+        self._forget(group)
 
     def group_lag(self) -> dict[str, tuple[int, int]]:
         """Per group: (committed offset, messages behind the end of the stream)."""
