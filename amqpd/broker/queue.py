@@ -163,10 +163,6 @@ class Queue:
         """``queue 'name' in vhost '/'``, for reply texts."""
         return f"queue '{self.name}' in vhost '{self.vhost_name}'"
 
-    def next_seq(self) -> int:
-        """A position for a new entry (also used when recovering from the store)."""
-        return next(self._seq)
-
     # -- publishing --------------------------------------------------------------------
 
     def push(self, message: Message) -> bool:
