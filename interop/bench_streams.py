@@ -1,7 +1,9 @@
 """Stream scenarios of ``interop/bench.py`` (``x-queue-type: stream``), run like the others.
 
   stream_publish      N x 256 B to a fresh stream with confirms (window 1,000); msgs/s and
-                      the disk footprint: bytes of the stream's files / bytes of payload
+                      the disk footprint: bytes of the stream's files / bytes of payload.
+                      Every body is random (amqpd stores what consecutive records share
+                      once: one repeated body would measure compression)
   stream_publish_4k   the same with N / 4 x 4 KiB bodies
   stream_consume_1    a stream pre-filled with N x 256 B (untimed), read from ``first`` by
   stream_consume_10   1 / 10 consumers at once (prefetch 1,000, one ack per message); each
@@ -89,9 +91,12 @@ def footprint_fields(pid: int | None, stream: str, payload_bytes: int) -> dict[s
 
 
 def fill_stream(ctx: sc.Ctx, stream: str, count: int, body: bytes) -> sc.Timed:
-    """Publish ``count`` messages with confirms (window 1,000); returns the timed phase."""
+    """Publish ``count`` messages of ``len(body)`` random bytes each, with confirms (window
+    1,000); returns the timed phase. Random: amqpd stores what consecutive records share once,
+    so one body repeated would measure compression, not the cost of storing messages."""
     worker = loadgen.Publisher(
-        ctx.url, "", [stream], body, duration=ctx.opts.cap, limit=count, window=sc.CONFIRM_WINDOW
+        ctx.url, "", [stream], body, duration=ctx.opts.cap, limit=count, window=sc.CONFIRM_WINDOW,
+        distinct_bodies=True,
     )
     return ctx.timed([worker])
 

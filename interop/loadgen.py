@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import os
 import re
 import resource
 import selectors
@@ -496,6 +497,10 @@ class Publisher(Worker):
     persistent: bool = False
     batch: int = 100
     final: bytes = b""
+    # Random bodies of len(body), different in each message of a batch: a store that shares
+    # what consecutive messages have in common (amqpd's stream chunks) would otherwise
+    # measure how well it compresses one repeated body.
+    distinct_bodies: bool = False
     name: str = "publisher"
     conn: Connection | None = None
     batch_buf: bytes = b""
@@ -513,6 +518,10 @@ class Publisher(Worker):
             for k in self.routing_keys
         ]
         per_batch = max(self.batch, len(msgs))
+        if self.distinct_bodies:
+            msgs = [encode_publish(self.exchange, self.routing_keys[i % len(self.routing_keys)],
+                                   os.urandom(len(self.body)), persistent=self.persistent)
+                    for i in range(per_batch)]
         self.batch_buf = b"".join(msgs[i % len(msgs)] for i in range(per_batch))
         self.batch = per_batch
         self.msgs = msgs

@@ -2,7 +2,11 @@
 
 A record's payload is the message exactly as published -- exchange, routing key, the raw
 content header and the body -- plus the ``x-stream-filter-value`` taken out once at publish
-time, so filtering a record never decodes its headers. Deliveries get the ``x-stream-offset``
+time, so filtering a record never decodes its headers. The content header is stored without
+its body-size field (it is the length of the body; a flag in the header length says so, and
+payloads written before, with the field, still decode): messages of different sizes then
+still share their whole metadata, which the log stores once per chunk
+(:mod:`amqpd.streams.chunks`). Deliveries get the ``x-stream-offset``
 header spliced into the stored content header bytes: the other properties and headers go
 out byte for byte as they came in (array and table headers included, which RabbitMQ drops).
 
@@ -23,6 +27,9 @@ from amqpd.streams.log import SHARED_RECENT
 
 _PREFIX = struct.Struct(">BBHI")  # exchange len, routing key len, filter len, header len
 _NO_FILTER = 0xFFFF
+_SIZE_OMITTED = 0x80000000  # in the header length: the header is stored without its body size
+_BODY_SIZE = struct.Struct(">Q")
+_BODY_SIZE_AT = 4  # after class id and weight
 _FLAG_CONTENT_TYPE = 0x8000
 _FLAG_CONTENT_ENCODING = 0x4000
 _OFFSET_FIELD = b"\x0fx-stream-offset"
@@ -102,10 +109,22 @@ def encode(message: Message) -> bytes:
     value = filter_value(message)
     filter_bytes = value.encode("utf-8")[:_NO_FILTER - 1] if value is not None else b""
     header = message.header_payload
+    body = message.body
+    size_end = _BODY_SIZE_AT + _BODY_SIZE.size
+    if header[_BODY_SIZE_AT:size_end] == _BODY_SIZE.pack(len(body)):
+        return b"".join((
+            _PREFIX.pack(len(exchange), len(routing_key),
+                         len(filter_bytes) if value is not None else _NO_FILTER,
+                         (len(header) - _BODY_SIZE.size) | _SIZE_OMITTED),
+            exchange, routing_key, filter_bytes, header[:_BODY_SIZE_AT], header[size_end:],
+            body,
+        ))
+    # A header whose size is not the body's (the broker reads bodies to their size: not
+    # expected) is kept as it came.
     return b"".join((
         _PREFIX.pack(len(exchange), len(routing_key),
                      len(filter_bytes) if value is not None else _NO_FILTER, len(header)),
-        exchange, routing_key, filter_bytes, header, message.body,
+        exchange, routing_key, filter_bytes, header, body,
     ))
 
 
@@ -135,9 +154,15 @@ class StoredMessage:
         if filter_len != _NO_FILTER:
             self.filter = payload[at:at + filter_len].decode("utf-8", "replace")
             at += filter_len
-        header = payload[at:at + header_len]
-        at += header_len
-        self.message = Message(route_for(exchange, routing_key), header, payload[at:])
+        if header_len & _SIZE_OMITTED:
+            header_len &= ~_SIZE_OMITTED
+            body = payload[at + header_len:]
+            header = b"".join((payload[at:at + _BODY_SIZE_AT], _BODY_SIZE.pack(len(body)),
+                               payload[at + _BODY_SIZE_AT:at + header_len]))
+        else:  # written before the body size was left out
+            header = payload[at:at + header_len]
+            body = payload[at + header_len:]
+        self.message = Message(route_for(exchange, routing_key), header, body)
         if shared:
             DECODED.keep(Decoded(payload, self.filter, self.message))
 

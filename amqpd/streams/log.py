@@ -1,33 +1,40 @@
 """An append-only segment log: the storage of one stream.
 
 Theory of operation:
-- Records get consecutive offsets from 0. Each record is ``length, crc32, offset,
-  timestamp_ms`` (24 bytes) and the payload; the CRC covers offset, timestamp and payload,
-  so a torn or garbled tail is recognised after a crash and cut off (nothing after the first
-  bad record was ever confirmed: confirms wait for the fsync of everything before them).
+- Records get consecutive offsets from 0 and are written in chunks (:mod:`amqpd.streams.
+  chunks`): one header with a CRC per chunk, then per record varints (timestamp delta, the
+  prefix shared with the previous payload, the rest's length) and the rest of its payload.
+  A chunk closes at every flush, once it holds ``CHUNK_BYTES`` and at a segment roll, so a
+  torn or garbled tail is cut at a chunk boundary after a crash (nothing in a chunk that was
+  not written whole was confirmed: confirms wait for the fsync of everything before them).
 - Records go to segment files ``<first offset, 20 digits>.seg`` of at most
-  ``max_segment_bytes`` (a record larger than that gets a segment of its own). Each segment
-  has a sparse index ``.idx`` -- ``offset, position, timestamp_ms`` every ``INDEX_EVERY``
-  bytes and for its first record -- so a read from any offset or timestamp seeks to the
-  nearest entry and scans at most that many bytes. Timestamps never go backwards, so the
-  same index answers "first offset at or after time T".
+  ``max_segment_bytes`` (a record larger than that gets a segment of its own), each starting
+  with ``FILE_MAGIC``; files of the first format (a 24-byte header per record) are converted
+  when the log opens (:mod:`amqpd.streams.legacy`). Each segment has a sparse index ``.idx``
+  -- ``offset, position, timestamp_ms`` of a chunk start every ``INDEX_EVERY`` bytes and of
+  its first chunk -- so a read from any offset or timestamp seeks to the nearest entry and
+  hops over chunk headers to the chunk it wants. Timestamps never go backwards, so the same
+  index answers "first offset at or after time T".
 - Appends are buffered and written with one ``os.write`` per flush (``flush`` runs before
-  every read, when the buffer is large, and before each sync); ``sync_handles`` returns
-  duplicated descriptors to fsync in a worker thread, so retention closing a segment never
-  races with an fsync in flight.
+  each sync -- the broker's group commit -- and when the buffer or the payloads it holds
+  reach ``FLUSH_AT``); ``sync_handles`` returns duplicated descriptors to fsync in a worker
+  thread, so retention closing a segment never races with an fsync in flight. Records not
+  yet written are read from memory (``SegmentLog.unwritten``), so a consumer that keeps up
+  neither forces a write (a chunk per record) nor reads back what it was appended with.
 - Retention drops whole closed segments only (the active one is never dropped): the oldest
   while the log is larger than ``max_bytes``, and those whose newest record is older than
   ``max_age_ms``. Readers positioned in a dropped segment continue at the new first offset.
 - Memory per log: one small object per segment plus its sparse index (24 bytes per
-  ``INDEX_EVERY`` bytes of data). Readers hold a position, never records.
+  ``INDEX_EVERY`` bytes of data). Readers hold a position and the chunk they are reading
+  (dropped when used up: a consumer that has caught up holds no records).
 - While several cursors take turns reading a log, the records they read stay in memory in
   :class:`RecentRecords` (one budget of ``RECENT_BYTES`` for every log of the process):
   consumers reading the same part of a stream (all of them tailing it, several replaying
-  it) read each record once, not once each -- and the same payload object lets
+  it) read and decode each chunk once, not once each -- and the same payload object lets
   :mod:`amqpd.streams.content` reuse its decoding too. A lone reader keeps nothing: holding
   records it never reads again would only cost it time (measured: about 3 us a record).
 
-Pure and synchronous: no asyncio, nothing from amqpd.
+Pure and synchronous: no asyncio, nothing from amqpd outside its own format modules.
 """
 
 from __future__ import annotations
@@ -37,33 +44,31 @@ import contextlib
 import os
 import struct
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
-RECORD_HEADER = struct.Struct("<IIqq")  # payload length, crc32, offset, timestamp ms
+from amqpd.streams import legacy
+from amqpd.streams.chunks import (
+    CHUNK_HEADER,
+    FILE_MAGIC,
+    ChunkWriter,
+    chunk_bounds,
+    decode,
+    scan,
+)
+from amqpd.streams.chunks import (
+    Record as Record,  # re-exported: readers of the log get Records
+)
+
 INDEX_ENTRY = struct.Struct("<qqq")  # offset, position in the segment, timestamp ms
 INDEX_EVERY = 64 * 1024
-READ_CHUNK = 256 * 1024
+READ_AHEAD = 256 * 1024
 FLUSH_AT = 256 * 1024
 RECENT_BYTES = 4 * 1024 * 1024  # payload bytes of recent records, all logs together
 RECENT_RECORD_MAX = 64 * 1024  # larger records are read by each cursor on its own
 SHARE_WINDOW = 4096  # records kept after another cursor was seen reading the log
 DEFAULT_SEGMENT_BYTES = 500_000_000  # RabbitMQ's default x-stream-max-segment-size-bytes
-
-
-class Record(NamedTuple):
-    """One record read back from the log."""
-
-    offset: int
-    timestamp_ms: int
-    payload: bytes
-
-
-def _crc(offset: int, timestamp_ms: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<qq", offset, timestamp_ms)))
 
 
 class Segment:
@@ -73,7 +78,7 @@ class Segment:
         self.first_offset = first_offset
         self.path = directory / f"{first_offset:020d}.seg"
         self.index_path = directory / f"{first_offset:020d}.idx"
-        self.size = 0  # bytes of complete records (buffered ones included)
+        self.size = 0  # bytes of the file, buffered chunks included
         self.next_offset = first_offset  # the offset after its last record
         self.first_ts = 0
         self.last_ts = 0
@@ -109,61 +114,52 @@ class Segment:
         return INDEX_ENTRY.pack(offset, position, timestamp_ms)
 
     def seek(self, offset: int) -> int:
-        """The file position of the index entry at or before ``offset``."""
+        """The file position of the chunk the index names at or before ``offset``."""
         at = bisect.bisect_right(self.index_offsets, offset) - 1
-        return self.index_positions[at] if at >= 0 else 0
-
-    def seek_time(self, timestamp_ms: int) -> int:
-        """The file position of the last index entry older than ``timestamp_ms``."""
-        at = bisect.bisect_left(self.index_timestamps, timestamp_ms) - 1
-        return self.index_positions[at] if at >= 0 else 0
+        return self.index_positions[at] if at >= 0 else len(FILE_MAGIC)
 
 
-def _scan(data: bytes, start: int, expected_offset: int) -> tuple[list[tuple[int, int, int]], int]:
-    """Validate records from ``start``: returns (offset, position, timestamp) of each valid
-    record and the position after the last one (where a torn tail begins)."""
-    found = []
-    position = start
-    end = len(data)
-    offset = expected_offset
-    while position + RECORD_HEADER.size <= end:
-        length, crc, record_offset, timestamp = RECORD_HEADER.unpack_from(data, position)
-        payload_end = position + RECORD_HEADER.size + length
-        if record_offset != offset or payload_end > end:
-            break
-        payload = data[position + RECORD_HEADER.size:payload_end]
-        if _crc(record_offset, timestamp, payload) != crc:
-            break
-        found.append((record_offset, position, timestamp))
-        offset += 1
-        position = payload_end
-    return found, position
+class Chunk:
+    """A chunk decoded by a cursor: its records, its segment and where the next chunk
+    starts (cursors taking turns pass it on through :class:`RecentRecords`). The log's
+    records not yet written are one such object too, with no segment (``SegmentLog.
+    unwritten``): its list grows with every append until the next flush."""
+
+    __slots__ = ("end", "first_offset", "records", "segment")
+
+    def __init__(self, segment: Segment | None, end: int, first_offset: int,
+                 records: list[Record]):
+        self.segment = segment
+        self.end = end
+        self.first_offset = first_offset
+        self.records = records
 
 
 class RecentRecords:
     """Records cursors recently read, of every log, for the cursors that come next:
-    ``(id(log), offset) -> (log, record, its segment, file position after it)``, the oldest
-    dropped past ``budget`` bytes of payload. An entry holds its log, so the id in its key
-    cannot be reused while the entry lives."""
+    ``(id(log), offset) -> (log, record, its decoded chunk)``, the oldest dropped past
+    ``budget`` bytes of payload. An entry holds its log, so the id in its key cannot be reused
+    while the entry lives. (The chunk of the oldest entries of a log may hold records already
+    dropped: at most one chunk, ``CHUNK_BYTES``, per log beyond the budget.)"""
 
     def __init__(self, budget: int):
         self.budget = budget
         self.size = 0
         # An OrderedDict: popping the oldest of a plain dict again and again makes finding
         # the next oldest slower and slower, as it skips the deleted slots.
-        self.entries: OrderedDict[tuple[int, int], tuple[SegmentLog, Record, Segment, int]] = \
+        self.entries: OrderedDict[tuple[int, int], tuple[SegmentLog, Record, Chunk]] = \
             OrderedDict()
         # ids of the payloads held: the decoding cache keeps only what cursors will share.
         self.payload_ids: set[int] = set()
 
-    def put(self, log: SegmentLog, record: Record, segment: Segment, end: int) -> None:
+    def put(self, log: SegmentLog, record: Record, chunk: Chunk) -> None:
         """Keep a record (not when it is larger than ``RECENT_RECORD_MAX``)."""
         size = len(record.payload)
         key = (id(log), record.offset)
         entries = self.entries
         if size > RECENT_RECORD_MAX or key in entries:
             return
-        entries[key] = (log, record, segment, end)
+        entries[key] = (log, record, chunk)
         self.payload_ids.add(id(record.payload))
         self.size += size
         while self.size > self.budget:
@@ -202,7 +198,12 @@ class SegmentLog:
         self.clock = clock
         self.segments: list[Segment] = []
         self._firsts: list[int] = []  # first offsets of the segments, for bisect
-        self._pending = bytearray()
+        self._writer = ChunkWriter()
+        # What was appended since the last flush, readable from memory: a consumer that keeps
+        # up never makes the log write early (which would close a chunk a record) and never
+        # reads back or decodes what it could have been handed.
+        self.unwritten = Chunk(None, 0, 0, [])
+        self._unwritten_bytes = 0
         self._pending_index = bytearray()
         self._written = 0  # bytes of the active segment already handed to os.write
         self._dirty: set[Segment] = set()
@@ -223,6 +224,8 @@ class SegmentLog:
             return
         for number, first in enumerate(firsts):
             segment = Segment(self.directory, first)
+            if legacy.is_legacy(segment.path):
+                legacy.convert(segment.path, segment.index_path, first)
             segment.open()
             self._load(segment, last=number == len(firsts) - 1)
             if self.segments and segment.first_offset != self.segments[-1].next_offset:
@@ -237,48 +240,67 @@ class SegmentLog:
         self._written = self.active.size
 
     def _load(self, segment: Segment, last: bool) -> None:
-        """Rebuild a segment's metadata; the active (last) one is validated record by
-        record and its torn tail cut off."""
+        """Rebuild a segment's metadata; the active (last) one is validated chunk by chunk
+        and its torn tail cut off, and so is one whose index does not match it."""
         raw_index = os.pread(segment.index_fd, os.fstat(segment.index_fd).st_size, 0)
         entries = [INDEX_ENTRY.unpack_from(raw_index, at)
                    for at in range(0, len(raw_index) - INDEX_ENTRY.size + 1, INDEX_ENTRY.size)]
         size = os.fstat(segment.fd).st_size
-        if last or not entries or entries[0][0] != segment.first_offset:
-            data = os.pread(segment.fd, size, 0)
-            records, valid_end = _scan(data, 0, segment.first_offset)
-            if valid_end < size:
-                os.ftruncate(segment.fd, valid_end)
-            entries = []
-            indexed = -INDEX_EVERY
-            for offset, position, timestamp in records:
-                if position - indexed >= INDEX_EVERY:
-                    entries.append((offset, position, timestamp))
-                    indexed = position
+        start = len(FILE_MAGIC)
+        segment.size = start
+        if size < start:  # created, or torn before its first chunk reached the disk
+            os.ftruncate(segment.fd, 0)
+            os.pwrite(segment.fd, FILE_MAGIC, 0)
             os.ftruncate(segment.index_fd, 0)
-            os.pwrite(segment.index_fd, b"".join(INDEX_ENTRY.pack(*e) for e in entries), 0)
-            segment.size = valid_end
-            segment.next_offset = segment.first_offset + len(records)
-            segment.last_ts = records[-1][2] if records else 0
-        else:
-            # A closed segment: trust its index, scan only from the last entry to its end.
-            offset, position, _ = entries[-1]
+            return
+        if not last and entries and entries[0][:2] == (segment.first_offset, start):
+            # A closed segment: trust its index, check only from the last entry to its end.
+            offset, position, timestamp = entries[-1]
             data = os.pread(segment.fd, size - position, position)
-            records, valid_end = _scan(data, 0, offset)
-            segment.size = position + valid_end
-            segment.next_offset = offset + len(records)
-            segment.last_ts = records[-1][2] if records else entries[-1][2]
+            chunks, valid_end = scan(data, 0, offset)
+            if chunks:
+                self._loaded(segment, entries, data, chunks, position + valid_end)
+                return
+        data = os.pread(segment.fd, size, 0)
+        chunks, valid_end = scan(data, start, segment.first_offset)
+        if valid_end < size:
+            os.ftruncate(segment.fd, valid_end)
+        entries = []
+        indexed = -INDEX_EVERY
+        for offset, position, timestamp, _ in chunks:
+            if position - indexed >= INDEX_EVERY:
+                entries.append((offset, position, timestamp))
+                indexed = position
+        os.ftruncate(segment.index_fd, 0)
+        os.pwrite(segment.index_fd, b"".join(INDEX_ENTRY.pack(*e) for e in entries), 0)
+        self._loaded(segment, entries, data, chunks, valid_end)
+
+    @staticmethod
+    def _loaded(segment: Segment, entries: list[tuple[int, int, int]], data: bytes,
+                chunks: list[tuple[int, int, int, int]], end: int) -> None:
+        """Set a segment's metadata from its index and its validated chunks (``chunks``:
+        positions relative to ``data``, which ends with the last of them)."""
         for offset, position, timestamp in entries:
             segment.add_index(offset, position, timestamp)
+        segment.size = end
         segment.first_ts = entries[0][2] if entries else 0
+        if chunks:
+            first, position, _, count = chunks[-1]
+            segment.next_offset = first + count
+            segment.last_ts = decode(data, position)[0][-1].timestamp_ms
 
     def _new_segment(self, first_offset: int) -> None:
         segment = Segment(self.directory, first_offset)
         segment.open()
         os.ftruncate(segment.fd, 0)
         os.ftruncate(segment.index_fd, 0)
+        os.pwrite(segment.fd, FILE_MAGIC, 0)
+        segment.size = len(FILE_MAGIC)
+        self.total_bytes += segment.size
         self.segments.append(segment)
         self._firsts.append(first_offset)
-        self._written = 0
+        self._written = segment.size
+        self._dirty.add(segment)
         _sync_directory(self.directory)
 
     # -- state -------------------------------------------------------------------------
@@ -309,40 +331,54 @@ class SegmentLog:
         if timestamp_ms is None:
             timestamp_ms = int(self.clock() * 1000)
         timestamp_ms = max(timestamp_ms, active.last_ts)  # the time index needs order
-        size = RECORD_HEADER.size + len(payload)
+        writer = self._writer
+        shared = writer.shared_with(payload)
+        size = writer.encoded_size(payload, timestamp_ms, shared)
         if active.count and active.size + size > self.max_segment_bytes:
             self._roll()
             active = self.active
+            shared = 0
+            size = writer.encoded_size(payload, timestamp_ms, shared)
         offset = active.next_offset
-        position = active.size
-        if not active.count:
-            active.first_ts = timestamp_ms
-        if not active.index_positions or position - active.index_positions[-1] >= INDEX_EVERY:
-            self._pending_index += active.add_index(offset, position, timestamp_ms)
-        pending = self._pending
-        pending += RECORD_HEADER.pack(len(payload), _crc(offset, timestamp_ms, payload),
-                                      offset, timestamp_ms)
-        pending += payload
+        if not writer.count:  # this record opens a chunk
+            position = active.size
+            if not active.count:
+                active.first_ts = timestamp_ms
+            if not active.index_positions or \
+                    position - active.index_positions[-1] >= INDEX_EVERY:
+                self._pending_index += active.add_index(offset, position, timestamp_ms)
+        writer.add(payload, offset, timestamp_ms, shared)
         active.size += size
         active.next_offset = offset + 1
         active.last_ts = timestamp_ms
         self.total_bytes += size
-        if len(pending) >= FLUSH_AT:
+        unwritten = self.unwritten
+        if not unwritten.records:
+            unwritten.first_offset = offset
+        unwritten.records.append(Record(offset, timestamp_ms, payload))
+        # Payloads of similar records encode to a few bytes each: the memory they hold
+        # until the flush is bounded too.
+        self._unwritten_bytes += len(payload)
+        if len(writer.pending) >= FLUSH_AT or self._unwritten_bytes >= FLUSH_AT:
             self.flush()
         return offset
 
     def flush(self) -> None:
-        """Hand buffered appends to the operating system (they survive a kill -9 from here
-        on; an fsync makes them survive a power cut)."""
-        if not self._pending:
+        """Close the open chunk and hand buffered chunks to the operating system (they
+        survive a kill -9 from here on; an fsync makes them survive a power cut)."""
+        writer = self._writer
+        if not writer.pending:
             return
         active = self.active
-        os.pwrite(active.fd, self._pending, self._written)
-        self._written += len(self._pending)
+        pending = writer.take()
+        # Cursors still holding the old object keep reading its records; new ones go here.
+        self.unwritten = Chunk(None, 0, 0, [])
+        self._unwritten_bytes = 0
+        os.pwrite(active.fd, pending, self._written)
+        self._written += len(pending)
         if self._pending_index:
             os.write(active.index_fd, self._pending_index)
             self._pending_index = bytearray()
-        self._pending = bytearray()
         self._dirty.add(active)
 
     def _roll(self) -> None:
@@ -437,23 +473,27 @@ class SegmentLog:
 
 
 class Cursor:
-    """A reader's position in a log: the next offset, the file position of its record and a
-    read-ahead buffer of at most ``READ_CHUNK`` bytes, dropped whenever it is used up -- a
-    consumer that has caught up holds no data at all."""
+    """A reader's position in a log: the next offset, the chunk it is reading (dropped when
+    used up -- a consumer that has caught up holds no records), where the next chunk starts,
+    and a read-ahead buffer of at most ``READ_AHEAD`` bytes (dropped when used up too)."""
 
-    __slots__ = ("_buffer", "_buffer_at", "_position", "_segment", "log", "offset")
+    __slots__ = ("_buffer", "_buffer_at", "_chunk", "_next_first", "_next_position",
+                 "_segment", "log", "offset")
 
     def __init__(self, log: SegmentLog, offset: int):
         self.log = log
         self.offset = log.clamp(offset)
-        self._segment: Segment | None = None
-        self._position = 0
+        self._chunk: Chunk | None = None
+        self._segment: Segment | None = None  # of the chunk read last, and of the buffer
+        self._next_position = 0  # where the chunk after the one read last starts
+        self._next_first = 0  # and its first offset
         self._buffer = b""
         self._buffer_at = 0  # file position of the buffer's first byte
 
     def seek(self, offset: int) -> None:
         """Move to ``offset`` (moved into the log)."""
         self.offset = self.log.clamp(offset)
+        self._chunk = None
         self._segment = None
         self._buffer = b""
 
@@ -463,34 +503,56 @@ class Cursor:
         property chain)."""
         return self.offset >= self.log.segments[-1].next_offset
 
-    def _locate(self) -> Segment:
-        segment = self.log.segment_for(self.offset)
-        self._segment = segment
-        self._position = segment.seek(self.offset)
-        self._buffer = b""
-        return segment
+    def _follow(self, chunk: Chunk) -> None:
+        """Continue after ``chunk`` (decoded here or by another cursor)."""
+        if chunk.segment is None:  # the records not yet written: no file position to keep
+            self._segment = None
+            self._buffer = b""
+            return
+        if chunk.segment is not self._segment:
+            self._segment = chunk.segment
+            self._buffer = b""
+        self._next_position = chunk.end
+        self._next_first = chunk.first_offset + len(chunk.records)
 
-    def _next_record(self, segment: Segment) -> Record | None:
-        """The record at the cursor's file position in ``segment`` (None at its end)."""
-        header = RECORD_HEADER
-        position = self._position
-        if position >= segment.size:
-            return None
+    def _bytes(self, segment: Segment, position: int, size: int) -> tuple[bytes, int]:
+        """A buffer holding ``size`` bytes of ``segment`` at ``position`` (read ahead when it
+        has to be read), and where they start in it."""
         at = position - self._buffer_at
         buffer = self._buffer
-        if at < 0 or at + header.size > len(buffer) or \
-                at + header.size + header.unpack_from(buffer, at)[0] > len(buffer):
-            buffer = os.pread(segment.fd, READ_CHUNK, position)
-            length = header.unpack_from(buffer, 0)[0]
-            if header.size + length > len(buffer):  # a record larger than a chunk
-                buffer = os.pread(segment.fd, header.size + length, position)
+        if at < 0 or at + size > len(buffer):
+            buffer = os.pread(segment.fd, max(size, READ_AHEAD), position)
             self._buffer, self._buffer_at, at = buffer, position, 0
-        length, _, offset, timestamp = header.unpack_from(buffer, at)
-        end = at + header.size + length
-        self._position = position + header.size + length
-        if end >= len(buffer):
-            self._buffer = b""  # used up: hold nothing while waiting
-        return Record(offset, timestamp, buffer[at + header.size:end])
+        return buffer, at
+
+    def _find(self, offset: int) -> Chunk | None:
+        """Decode the chunk that holds ``offset`` (None when it is not written)."""
+        segment = self._segment
+        position = self._next_position
+        if segment is None or segment.fd < 0 or not \
+                self._next_first <= offset < segment.next_offset:
+            segment = self.log.segment_for(offset)
+            position = segment.seek(offset)
+            if segment is not self._segment:
+                self._segment = segment
+                self._buffer = b""
+        header_size = CHUNK_HEADER.size
+        while position < segment.size:
+            buffer, at = self._bytes(segment, position, header_size)
+            first, count, end = chunk_bounds(buffer, at)
+            end += position - at
+            if offset < first:
+                return None  # not where the index says: never read what is not there
+            if offset < first + count:
+                buffer, at = self._bytes(segment, position, end - position)
+                records = decode(buffer, at)[0]
+                if at + end - position >= len(buffer):
+                    self._buffer = b""  # used up: hold nothing while waiting
+                chunk = Chunk(segment, end, first, records)
+                self._follow(chunk)
+                return chunk
+            position = end  # a chunk before the offset: hop over it
+        return None
 
     def read(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records from the cursor, which moves past them."""
@@ -503,38 +565,44 @@ class Cursor:
             log.last_reader = id(self)
             log.share_left = SHARE_WINDOW
         records: list[Record] = []
-        recent = log.recent.entries
+        recent = log.recent
+        entries = recent.entries
         log_id = id(log)
-        segment = self._segment
-        flushed = False
+        chunk = self._chunk
+        unwritten = log.unwritten
         while len(records) < max_records and offset < end_offset:
-            hit = recent.get((log_id, offset))
-            if hit is not None:  # another cursor read it: no read, no decode
-                _, record, segment_of, end = hit
-                if segment_of is not segment:
-                    segment = self._segment = segment_of
-                    self._buffer = b""
-                self._position = end
-                records.append(record)
-                offset += 1
+            if chunk is not None:
+                at = offset - chunk.first_offset
+                chunk_records = chunk.records
+                if 0 <= at < len(chunk_records):
+                    records.append(chunk_records[at])
+                    offset += 1
+                    continue
+            hit = entries.get((log_id, offset))
+            if hit is not None:  # another cursor decoded its chunk: no read, no decode
+                chunk = hit[2]
+                self._follow(chunk)
                 continue
-            if not flushed:
-                log.flush()
-                flushed = True
-            if segment is None or segment.fd < 0 or offset >= segment.next_offset:
-                self.offset = offset
-                segment = self._locate()
-            read = self._next_record(segment)
-            if read is None:
+            if unwritten.records and offset >= unwritten.first_offset:
+                chunk = unwritten  # appended since the last flush: read from memory
+                self._follow(chunk)
+            else:
+                chunk = self._find(offset)
+            if chunk is None:
                 break
-            if read.offset < offset:
-                continue  # scanning forward from the index entry
-            record = read
             if log.share_left > 0:
-                log.share_left -= 1
-                log.recent.put(log, record, segment, self._position)
-            records.append(record)
-            offset = record.offset + 1
+                # The whole chunk at once: a cursor that gets ahead of this one inside it
+                # takes it too, instead of decoding its own copy (and then not sharing).
+                # Of the unwritten records, those from here on: the others were offered
+                # when they were read (the list grows with every append).
+                start = offset - chunk.first_offset if chunk.segment is None else 0
+                kept = chunk.records[start:start + log.share_left]
+                log.share_left -= len(kept)
+                for record in kept:
+                    recent.put(log, record, chunk)
+        if chunk is not None and offset - chunk.first_offset >= len(chunk.records):
+            chunk = None  # used up: a cursor that has caught up holds no records
+        self._chunk = chunk
         self.offset = offset
         return records
 

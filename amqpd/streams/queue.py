@@ -228,7 +228,8 @@ class StreamQueue(Queue):
         if spec.kind == "first":
             return log.first_offset
         if spec.kind == "last":
-            # RabbitMQ: the start of the last chunk; amqpd has no chunks: the last message.
+            # RabbitMQ: the start of the last chunk; amqpd: the last message (its chunks
+            # are how the log stores records, not what a consumer starts at).
             return max(log.next_offset - 1, log.first_offset)
         if spec.kind == "offset":
             return log.clamp(spec.value)

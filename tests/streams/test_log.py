@@ -1,7 +1,8 @@
 """The segment log (amqpd.streams.log): append, read, time index, roll, retention, recovery.
 
 Hypothesis drives random operations against a list model; the file-level cases cover what a
-crash leaves behind (a torn record, a garbled tail, a truncated index).
+crash leaves behind (a torn chunk, a garbled tail, a truncated index). The chunk format
+itself, cuts at any byte and old-format segments are in test_chunks.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amqpd.streams.log import INDEX_ENTRY, RECORD_HEADER, Cursor, SegmentLog
+from amqpd.streams.chunks import CHUNK_HEADER, FILE_MAGIC
+from amqpd.streams.log import INDEX_ENTRY, Cursor, SegmentLog
 
 
 class Clock:
@@ -79,12 +81,14 @@ def test_time_index(tmp_path: Path) -> None:
 
 def test_retention_by_bytes_keeps_whole_segments(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, max_segment_bytes=1000, max_bytes=3000)
-    for _ in range(200):
-        log.append(b"z" * 76)  # 100 bytes a record, 10 per segment
+    for i in range(200):
+        # No prefix shared with the record before: 3 varint bytes + 76, one chunk header per
+        # segment (nothing flushes), so 12 records a segment: (1000 - 8 - 30) // 79.
+        log.append(bytes([i % 256]) + b"z" * 75)
     # Checked when a segment rolls (as RabbitMQ): at most one active segment over the limit.
     assert log.total_bytes <= 3000 + 1000
     assert log.total_bytes - log.active.size <= 3000
-    assert log.first_offset % 10 == 0 and log.first_offset > 0
+    assert log.first_offset % 12 == 0 and log.first_offset > 0
     assert log.next_offset == 200
     assert [r.offset for r in log.read(0, 1)] == [log.first_offset]
     assert len(list(tmp_path.glob("*.seg"))) == len(log.segments)
@@ -105,12 +109,12 @@ def test_retention_by_age_never_drops_the_active_segment(tmp_path: Path) -> None
 
 def test_cursor_in_dropped_segment_moves_to_first(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, max_segment_bytes=500, max_bytes=1000)
-    for _ in range(5):
-        log.append(b"c" * 76)
+    for i in range(5):
+        log.append(bytes([i]) + b"c" * 75)  # nothing shared with the record before
     cursor = Cursor(log, 0)
     assert cursor.read(1)[0].offset == 0
-    for _ in range(50):
-        log.append(b"c" * 76)
+    for i in range(50):
+        log.append(bytes([i]) + b"c" * 75)
     assert cursor.read(1)[0].offset == log.first_offset
 
 
@@ -118,6 +122,7 @@ def test_recovery_cuts_a_torn_tail(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path)
     for i in range(10):
         log.append(b"r%d" % i)
+        log.flush()  # a chunk each
     log.close()
     segment = sorted(tmp_path.glob("*.seg"))[-1]
     data = segment.read_bytes()
@@ -134,11 +139,13 @@ def test_recovery_cuts_garbage_and_bad_checksums(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path)
     for i in range(5):
         log.append(b"g%d" % i)
+        log.flush()  # a chunk each: 30 bytes of header, 3 of varints, 2 of payload
     log.close()
     segment = sorted(tmp_path.glob("*.seg"))[-1]
     data = bytearray(segment.read_bytes())
-    record = RECORD_HEADER.size + 2
-    data[3 * record + RECORD_HEADER.size] ^= 0xFF  # flip a payload byte of offset 3
+    chunk = CHUNK_HEADER.size + 3 + 2
+    assert len(data) == len(FILE_MAGIC) + 5 * chunk
+    data[len(FILE_MAGIC) + 4 * chunk - 1] ^= 0xFF  # flip the last payload byte of offset 3
     segment.write_bytes(bytes(data) + b"\x00" * 100)
     log = SegmentLog(tmp_path)
     assert log.next_offset == 3
