@@ -248,12 +248,3 @@ def scan(data: bytes, start: int, expected_offset: int) -> tuple[list[tuple[int,
     view.release()
     return found, position
 
-
-def encode_records(records: list[tuple[int, bytes]], first_offset: int) -> bytes:
-    """A whole segment file of ``records`` ((timestamp ms, payload) from ``first_offset``
-    on), in chunks of ``CHUNK_BYTES``."""
-    writer = ChunkWriter()
-    writer.pending += FILE_MAGIC
-    for number, (timestamp_ms, payload) in enumerate(records):
-        writer.add(payload, first_offset + number, timestamp_ms, writer.shared_with(payload))
-    return bytes(writer.take())

@@ -14,13 +14,14 @@ import tempfile
 import zlib
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 
 from amqpd.broker.message import Message, route_for
 from amqpd.protocol import codec
-from amqpd.streams import content
+from amqpd.streams import content, legacy
 from amqpd.streams.chunks import FILE_MAGIC, scan, shared_prefix
 from amqpd.streams.log import FLUSH_AT, INDEX_ENTRY, Cursor, RecentRecords, SegmentLog
 
@@ -256,6 +257,21 @@ def test_first_format_segments_are_converted(tmp_path: Path) -> None:
     log.close()
     log = SegmentLog(tmp_path, recent=RecentRecords(0))
     assert [r.payload for r in log.read(3, 10)] == [p for _, p in expected[3:]] + [b"new"]
+    log.close()
+
+
+def test_a_large_first_format_segment_is_converted_piece_by_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The conversion streams: new chunks go to the file every WRITE_EVERY bytes."""
+    monkeypatch.setattr(legacy, "WRITE_EVERY", 4096)
+    records = [(START_MS + i // 10, os.urandom(100 + i % 50)) for i in range(3000)]
+    data, index = _first_format(records, 0)
+    (tmp_path / f"{0:020d}.seg").write_bytes(data)
+    (tmp_path / f"{0:020d}.idx").write_bytes(index)
+    log = SegmentLog(tmp_path, recent=RecentRecords(0))
+    assert [(r.timestamp_ms, r.payload) for r in log.read(0, 5000)] == records
+    assert [r.offset for r in log.read(2990, 20)] == list(range(2990, 3000))
     log.close()
 
 
