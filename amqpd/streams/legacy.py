@@ -83,8 +83,7 @@ def convert(path: Path, index_path: Path, first_offset: int) -> int:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         index_path.unlink()
-    os.replace(temporary, path)
-    _sync_directory(path.parent)
+    os.replace(temporary, path)  # the caller fsyncs the directory (the log, once for all)
     return kept
 
 
@@ -93,11 +92,3 @@ def _write_all(fd: int, data: bytearray) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def _sync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -226,6 +226,7 @@ class SegmentLog:
             segment = Segment(self.directory, first)
             if legacy.is_legacy(segment.path):
                 legacy.convert(segment.path, segment.index_path, first)
+                _sync_directory(self.directory)  # the rename survives a power cut
             segment.open()
             self._load(segment, last=number == len(firsts) - 1)
             if self.segments and segment.first_offset != self.segments[-1].next_offset:
