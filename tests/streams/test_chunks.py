@@ -108,6 +108,15 @@ one_segment = st.lists(
 )
 
 
+def _one_segment_file(path: Path, ops: list[tuple[str, bytes, int]],
+                      ) -> tuple[list[bytes], list[int], Path]:
+    """Run ``ops`` on a log of one segment and close it: the payloads and timestamps
+    appended, and the segment file."""
+    log, model, times = _build(path, ops, 1 << 30)
+    log.close()
+    return model, times, path / f"{0:020d}.seg"
+
+
 @settings(max_examples=80, deadline=None)
 @given(one_segment, st.data())
 def test_a_cut_at_any_byte_keeps_the_complete_chunks_before_it(
@@ -115,9 +124,7 @@ def test_a_cut_at_any_byte_keeps_the_complete_chunks_before_it(
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory)
-        log, model, times = _build(path, ops, 1 << 30)
-        log.close()
-        segment = path / f"{0:020d}.seg"
+        model, times, segment = _one_segment_file(path, ops)
         whole = segment.read_bytes()
         cut = data.draw(st.integers(0, len(whole)), label="cut")
         segment.write_bytes(whole[:cut])
@@ -141,9 +148,7 @@ def test_a_garbled_byte_cuts_from_its_chunk_on(
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory)
-        log, model, _ = _build(path, ops, 1 << 30)
-        log.close()
-        segment = path / f"{0:020d}.seg"
+        model, _, segment = _one_segment_file(path, ops)
         whole = bytearray(segment.read_bytes())
         if len(whole) == len(FILE_MAGIC):
             return  # no chunk to garble
