@@ -92,6 +92,13 @@ async def send_buffers(stream: SocketStream | TLSStream,
         await stream.send(data)  # type: ignore[arg-type]  # a transport takes any bytes-like
 
 
+def plain_transport(stream: SocketStream | TLSStream) -> Any:
+    """The asyncio/uvloop transport under a plain TCP stream (None for TLS), found as
+    ``send_buffers`` finds it: its ``writelines`` takes buffers without waiting."""
+    transport: Any = getattr(stream, "_transport", None)
+    return transport if hasattr(transport, "writelines") else None
+
+
 def raise_open_files_limit() -> int:
     """Raise the soft limit of open files to the hard limit (as Go's runtime does): the
     default soft limit of 1024 would turn a thousand idle or half-open sockets into

@@ -1,31 +1,25 @@
-"""The I/O shell: TCP listener, one reader and one writer task per connection, shutdown.
+"""The I/O shell: TCP listener, the connections' sessions, shutdown.
 
 All protocol and broker logic is in the sans-IO :class:`~amqpd.session.connection.Connection`; this
 module only moves bytes. Task budget: per connection the handler task reads and one
-writer task writes; broker-wide there is one accept loop, one ticker (heartbeats and close
-time-outs for every connection) and the signal watcher. Nothing is spawned per channel,
-consumer, queue or message.
-
-Backpressure: a connection whose own output is above its high watermark stops reading
-(TCP then pushes back on the client); consumers on a congested connection get nothing
-more until its writer drains it.
+writer task writes (``amqpd/connection_io.py``); broker-wide there is one accept loop, one
+ticker (heartbeats and close time-outs for every connection) and the signal watcher. Nothing
+is spawned per channel, consumer, queue or message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import logging
 import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSAttribute, TLSStream
@@ -38,19 +32,17 @@ from amqpd.admin.readmodel import Listener, LiveState
 from amqpd.broker.broker import Broker
 from amqpd.broker.paging import FILENAME as PAGING_FILENAME
 from amqpd.broker.persistence import PersistentJournal, recover
+from amqpd.connection_io import TICK_ROUNDS, Session
 from amqpd.listeners import (
     addresses,
     host_port,
     raise_open_files_limit,
-    send_buffers,
     tcp_listener,
 )
 from amqpd.metrics.app import PrometheusServer, open_prometheus
 from amqpd.metrics.commits import CommitStats
 from amqpd.protocol.constants import CONNECTION_FORCED
-from amqpd.session import trace
-from amqpd.session.connection import Connection, ConnectionState
-from amqpd.session.trace import TRACING
+from amqpd.session.connection import Connection
 from amqpd.store import Store, StoreError, StoreFullError, open_store
 from amqpd.store.policy_file import FILENAME as POLICY_FILENAME
 from amqpd.store.policy_file import read_policies
@@ -60,17 +52,8 @@ from amqpd.topology.access_file import restore_access
 
 LOGGER = logging.getLogger(__name__)
 
-_RECEIVE_SIZE = 64 * 1024
-# While a large frame (16 KiB+) is incomplete, reads may be up to this size (uvloop reads
-# 256,000 bytes at most): a read cut in two is a copy of its tail, and a large body takes
-# fewer loop turns. Small frames keep 64 KiB reads (larger batches of publishes per read
-# slowed end to end).
-_RECEIVE_SIZE_LARGE = 1024 * 1024
 LIVE_TOPOLOGY_FILENAME = "topology.live.yaml"
 _ACCEPT_ERRORS_BACKOFF = 0.1
-# Seconds a publisher may be held back (per read) while consumers of a queue it feeds
-# catch up with its backlog.
-_FLOW_MAX_PAUSE = 0.002
 _GC_THRESHOLDS = (100_000, 50, 100)
 # Back-off of a commit that failed for lack of space: from 50 ms, doubling, up to 1 s (so
 # confirms resume within a second once space is freed).
@@ -80,142 +63,6 @@ _FULL_RETRY_MAX = 1.0
 # its socket is closed regardless: a dead peer that stopped reading would block the writer
 # for ever.
 _FINISHED_GRACE_TICKS = 4
-# Connection timers run in this many 0.1 s rounds, a slice of the connections each.
-_TICK_ROUNDS = 5
-_TICK_SLOTS = itertools.count()
-
-
-class Session:
-    """A connection's socket plus the events that wake its writer and its reader."""
-
-    __slots__ = ("alarm_cleared", "connection", "drained", "finished_ticks", "handshake",
-                 "scope", "stream", "tick_slot", "writable")
-
-    def __init__(
-        self,
-        connection: Connection,
-        stream: SocketStream | TLSStream,
-        alarm_cleared: Callable[[], Awaitable[None]],
-    ):
-        self.connection = connection
-        self.stream = stream
-        self.alarm_cleared = alarm_cleared
-        self.writable = anyio.Event()
-        self.drained = anyio.Event()
-        self.scope: anyio.CancelScope | None = None
-        self.finished_ticks = 0
-        # Which of the five 0.1 s rounds ticks this connection (see Server._tick).
-        self.tick_slot = next(_TICK_SLOTS) % _TICK_ROUNDS
-        # Its place among the sockets in the handshake, given back at connection.open-ok.
-        self.handshake: listeners.HandshakeSlot | None = None
-        connection.wakeup = self.wake
-
-    def wake(self) -> None:
-        """Something was queued for the socket (called synchronously by the core)."""
-        self.writable.set()
-
-    async def run(self) -> None:
-        """Serve the connection until it is finished or the socket is gone."""
-        connection = self.connection
-        try:
-            async with anyio.create_task_group() as task_group:
-                self.scope = task_group.cancel_scope
-                task_group.start_soon(self._read)
-                await self._write()
-                task_group.cancel_scope.cancel()
-            if connection.drain_after_close:
-                await self._drain_after_close()
-        finally:
-            connection.connection_lost()
-            with anyio.CancelScope(shield=True), contextlib.suppress(
-                OSError, anyio.BrokenResourceError
-            ):
-                await self.stream.aclose()
-
-    def abort(self) -> None:
-        """Stop the reader and writer now, even a writer blocked on a peer that does not
-        read any more; the socket is then closed."""
-        if self.scope is not None:
-            self.scope.cancel()
-
-    async def _drain_after_close(self) -> None:
-        """The client closed the connection and close-ok is written: send FIN, then read
-        and drop until the client closes its end (at most close_timeout). Closing at once,
-        with frames the client sent after its connection.close still unread, would make the
-        kernel answer with RST, and a client that had not read close-ok yet loses it."""
-        stream = self.stream
-        with anyio.move_on_after(self.connection.settings.close_timeout), \
-                contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError,
-                                    anyio.ClosedResourceError, OSError):
-            with contextlib.suppress(NotImplementedError):
-                await stream.send_eof()  # TLS cannot half-close: reading still avoids RST
-            while True:
-                await stream.receive(_RECEIVE_SIZE)
-
-    async def _read(self) -> None:
-        connection = self.connection
-        receive = self.stream.receive
-        try:
-            broker = connection.broker
-            while not connection.finished:
-                data = await receive(_RECEIVE_SIZE_LARGE if connection.reader
-                                     .pending_frame_size > 16384 else _RECEIVE_SIZE)
-                if broker.alarms and connection.is_publisher:
-                    # Memory or disk alarm: what a publisher sent waits, unprocessed, until
-                    # both clear, and TCP pushes back; consumers' connections keep reading,
-                    # so acks drain the queues.
-                    await self.alarm_cleared()
-                connection.data_received(data)
-                if self.handshake is not None and connection.state is ConnectionState.OPEN:
-                    self.handshake.release()
-                    self.handshake = None
-                if connection.flow_queues:
-                    # Flow control: give the consumers of the queues this publisher is
-                    # outrunning the CPU until they catch up, for a few ms at most -- a
-                    # stalled consumer must not stop publishing (buffering comes first).
-                    deadline = time.monotonic() + _FLOW_MAX_PAUSE
-                    while connection.flow_blocked() and time.monotonic() < deadline:
-                        await anyio.lowlevel.checkpoint()
-                    connection.flow_queues.clear()
-                broker.check_memory()
-                if connection.congested:
-                    # Stop reading until our own output drains: TCP pushes back on the client.
-                    self.drained = anyio.Event()
-                    self.wake()
-                    await self.drained.wait()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        connection.connection_lost()
-        self.wake()
-
-    async def _write(self) -> None:
-        connection = self.connection
-        stream = self.stream
-        while True:
-            if not connection.has_output:
-                if connection.finished:
-                    return
-                self.writable = anyio.Event()
-                await self.writable.wait()
-                continue
-            buffers, connection.in_flight = connection.buffers_to_send()
-            # Output counts against the high watermark until the socket took it, so a slow
-            # reader bounds what its consumers are sent (queued + in flight <= high). Large
-            # bodies are buffers of their own, written without a copy (session/output.py).
-            try:
-                await send_buffers(stream, buffers)
-                if TRACING:
-                    trace.written(connection)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                connection.connection_lost()
-                return
-            finally:
-                connection.in_flight = 0
-            if connection.below_low_watermark:
-                self.drained.set()
-                if connection.held_back:
-                    # The core refused deliveries while the output was full.
-                    connection.on_drained()
 
 
 class Server:
@@ -568,7 +415,7 @@ class Server:
             rounds += 1
             # A fifth of the connections each round: every one is ticked each 0.5 s, and
             # 10,000 connections never stall the loop (and other clients) in one pass.
-            self._tick_connections(rounds % _TICK_ROUNDS)
+            self._tick_connections(rounds % TICK_ROUNDS)
             if rounds % 10:
                 continue
             await self._write_live_topology()
