@@ -72,7 +72,7 @@ class Session:
 
     __slots__ = ("alarm_cleared", "batched", "connection", "drained", "finished_ticks",
                  "handshake", "scope", "sending", "stream", "tick_slot", "transport",
-                 "unflushed", "writable")
+                 "writable")
 
     def __init__(
         self,
@@ -95,7 +95,6 @@ class Session:
         self.transport = listeners.plain_transport(stream)
         self.batched = False  # in _BATCH.sessions, to be written when the read is processed
         self.sending = False  # the writer holds taken buffers or waits for the drain
-        self.unflushed = False  # written here; the writer has to wait for the drain
         connection.wakeup = self.wake
 
     def wake(self) -> None:
@@ -124,8 +123,7 @@ class Session:
             if not (transport.get_write_buffer_size() or connection.held_back
                     or connection.finished):
                 return
-            connection.in_flight = size
-            self.unflushed = True
+            connection.in_flight = size  # the writer waits for its drain
         self.writable.set()
 
     async def run(self) -> None:
@@ -214,15 +212,16 @@ class Session:
         while True:
             if connection.has_output:
                 buffers, connection.in_flight = connection.buffers_to_send()
-            elif self.unflushed:
-                buffers = []  # write_now wrote them: wait for the drain only
+            elif connection.in_flight:
+                # write_now handed them to the transport (only the writer's own sends set
+                # it otherwise, and clear it when done): wait for the drain only.
+                buffers = []
             else:
                 if connection.finished:
                     return
                 self.writable = anyio.Event()
                 await self.writable.wait()
                 continue
-            self.unflushed = False
             self.sending = True
             # Output counts against the high watermark until the socket took it, so a slow
             # reader bounds what its consumers are sent (queued + in flight <= high). Large

@@ -83,8 +83,8 @@ async def send_buffers(stream: SocketStream | TLSStream,
     would and raises what it would. anyio does not expose the transport, so its
     ``_transport`` is looked up defensively; any other stream (TLS) gets one joined send.
     """
-    transport: Any = getattr(stream, "_transport", None)
-    if len(buffers) > 1 and hasattr(transport, "writelines") and not transport.is_closing():
+    transport = plain_transport(stream)
+    if len(buffers) > 1 and transport is not None and not transport.is_closing():
         transport.writelines(buffers)
         await stream.send(b"")
     else:
@@ -93,8 +93,9 @@ async def send_buffers(stream: SocketStream | TLSStream,
 
 
 def plain_transport(stream: SocketStream | TLSStream) -> Any:
-    """The asyncio/uvloop transport under a plain TCP stream (None for TLS), found as
-    ``send_buffers`` finds it: its ``writelines`` takes buffers without waiting."""
+    """The asyncio/uvloop transport under a plain TCP stream (None for TLS, or for an anyio
+    that renames its private ``_transport``): its ``writelines`` takes buffers without
+    waiting."""
     transport: Any = getattr(stream, "_transport", None)
     return transport if hasattr(transport, "writelines") else None
 
